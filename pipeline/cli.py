@@ -1,0 +1,67 @@
+"""``distill``: one thin subcommand per stage.
+
+Each stage module exposes ``register(subparsers)``; stage modules import heavy libraries (torch,
+transformers, vllm) inside their run functions so ``distill --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from pipeline.config import ConfigError
+from pipeline.records import RecordError
+
+# subcommand -> module exposing register(subparsers). Modules that are not importable yet (a
+# stage still under construction) are skipped with a note rather than breaking the CLI.
+STAGES: dict[str, str] = {
+    "generate": "pipeline.generate.stage",
+    "merge": "pipeline.generate.merge",
+    "filter": "filters.stage",
+    "sft": "pipeline.train.sft",
+    "kd": "pipeline.train.kd",
+    "eval": "pipeline.evaluate.stage",
+    "demo": "pipeline.demo.stage",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distill",
+        description="Distil reasoning LLMs: generate teacher traces, filter them, train a student, evaluate Pass@1.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module in STAGES.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and (exc.name == module or module.startswith(exc.name + ".")):
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        result = args.func(args)
+    except (ConfigError, RecordError) as exc:
+        print(f"distill {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"distill {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return int(result or 0) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

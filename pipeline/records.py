@@ -1,0 +1,330 @@
+"""Records on disk: reading JSONL/JSON/Parquet with located errors, and the crash-safe shard writer.
+
+Every stage reads and writes through this module, so every corpus the project writes is plain
+JSONL in the Hugging Face chat format (``messages``) that ``datasets.load_dataset("json", ...)``,
+TRL, LLaMA-Factory and axolotl load unchanged.
+
+Exactly-once writing
+--------------------
+:class:`ShardWriter` appends whole lines, then ``flush`` + ``fsync`` per batch. On open it
+repairs a torn tail (a line cut by a kill has no trailing newline, or does not parse) by
+truncating it, and reports the keys already written, so a restarted run skips exactly those.
+Since a record is only "done" once its full line is on disk, a SIGKILL at any byte loses no
+finished record and duplicates none. An exclusive ``flock`` stops two processes writing one shard.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "RecordError", "Located", "iter_records", "expand_inputs", "ShardWriter", "write_json_atomic",
+    "write_text_atomic", "messages_of", "assistant_text", "user_text", "BadLineSink", "OnBadLine",
+    "read_jsonl", "export_parquet",
+]
+
+OnBadLine = Literal["error", "quarantine"]
+READABLE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+class RecordError(ValueError):
+    """Bad input, located: names the file, the line (1-based) and the field when known."""
+
+    def __init__(self, path: str | Path, line: int | None, message: str, field: str | None = None):
+        self.path, self.line, self.field, self.reason = str(path), line, field, message
+        where = f"{path}:{line}" if line is not None else str(path)
+        what = f" field '{field}':" if field else ""
+        super().__init__(f"{where}:{what} {message}")
+
+
+@dataclass(frozen=True)
+class Located:
+    """A record with where it came from (for error messages and quarantine)."""
+
+    path: str
+    line: int
+    record: dict[str, Any]
+
+
+class BadLineSink:
+    """Collects malformed lines (``--on-bad-line quarantine``) into a JSONL file, with reasons."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.count = 0
+        self._fh = None
+
+    def add(self, error: RecordError, raw: str) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh.write(json.dumps({"file": error.path, "line": error.line, "field": error.field,
+                                   "error": error.reason, "raw": raw}, ensure_ascii=False) + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files as given; folders expand to their ``*.jsonl``/``*.json``/``*.parquet`` (sorted, recursive)."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in READABLE_SUFFIXES
+                           and not f.name.startswith((".", "_")) and ".tmp" not in f.name)
+            if not found:
+                raise RecordError(p, None, "folder holds no .jsonl/.json/.parquet files")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise RecordError(p, None, "input not found")
+    return out
+
+
+def _iter_jsonl(path: Path, on_bad_line: OnBadLine, sink: BadLineSink | None) -> Iterator[Located]:
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            text = raw.decode("utf-8", errors="replace").strip()
+            if not text:
+                continue
+            try:
+                rec = json.loads(text)
+                if not isinstance(rec, dict):
+                    raise RecordError(path, n, f"expected a JSON object, got {type(rec).__name__}")
+            except (json.JSONDecodeError, RecordError) as exc:
+                err = exc if isinstance(exc, RecordError) else RecordError(path, n, f"malformed JSON ({exc.msg} at column {exc.colno})")
+                if on_bad_line == "quarantine" and sink is not None:
+                    sink.add(err, text)
+                    continue
+                raise err from None
+            yield Located(str(path), n, rec)
+
+
+def _iter_json(path: Path, on_bad_line: OnBadLine, sink: BadLineSink | None) -> Iterator[Located]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        # Many ".json" corpora are really JSON Lines.
+        yield from _iter_jsonl(path, on_bad_line, sink)
+        return
+    if isinstance(data, dict):
+        # {"data": [...]} / {"train": [...]} style wrappers: take the single list value.
+        lists = [v for v in data.values() if isinstance(v, list)]
+        data = lists[0] if len(lists) == 1 else [data]
+    if not isinstance(data, list):
+        raise RecordError(path, None, "JSON file must hold a list of objects")
+    for i, rec in enumerate(data, start=1):
+        if not isinstance(rec, dict):
+            err = RecordError(path, i, f"item {i} is not an object")
+            if on_bad_line == "quarantine" and sink is not None:
+                sink.add(err, json.dumps(rec))
+                continue
+            raise err
+        yield Located(str(path), i, rec)
+
+
+def _iter_parquet(path: Path) -> Iterator[Located]:
+    import pyarrow.parquet as pq
+
+    n = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for rec in batch.to_pylist():
+            n += 1
+            yield Located(str(path), n, rec)
+
+
+def iter_records(inputs: Iterable[str | Path] | str | Path, on_bad_line: OnBadLine = "error",
+                 sink: BadLineSink | None = None) -> Iterator[Located]:
+    """Stream records from files/folders. ``line`` is the 1-based line (JSONL) or row (Parquet/JSON)."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    for path in expand_inputs(inputs):
+        if path.suffix == ".parquet":
+            yield from _iter_parquet(path)
+        elif path.suffix == ".json":
+            yield from _iter_json(path, on_bad_line, sink)
+        else:
+            yield from _iter_jsonl(path, on_bad_line, sink)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Every record of one file, in order (small files: tests, reports)."""
+    return [loc.record for loc in iter_records(path)]
+
+
+# --------------------------------------------------------------------------- chat accessors
+
+def messages_of(record: dict[str, Any], where: tuple[str, int] | None = None) -> list[dict[str, Any]]:
+    """The record's ``messages`` list, validated (role/content strings), or a located error."""
+    path, line = where if where else ("<record>", None)
+    msgs = record.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise RecordError(path, line, "missing or empty (expected a list of {role, content})", field="messages")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise RecordError(path, line, "each message needs string 'role' and 'content'", field=f"messages[{i}]")
+    return msgs
+
+
+def assistant_text(record: dict[str, Any]) -> str:
+    """The last assistant turn's content ('' when there is none)."""
+    for m in reversed(record.get("messages") or []):
+        if isinstance(m, dict) and m.get("role") == "assistant":
+            return m.get("content") or ""
+    return ""
+
+
+def user_text(record: dict[str, Any]) -> str:
+    """The first user turn's content ('' when there is none)."""
+    for m in record.get("messages") or []:
+        if isinstance(m, dict) and m.get("role") == "user":
+            return m.get("content") or ""
+    return ""
+
+
+# --------------------------------------------------------------------------- writing
+
+def _repair_tail(path: Path) -> None:
+    """Truncate a torn last line (no newline, or not valid JSON) left by a kill mid-write."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with open(path, "r+b") as fh:
+        # Find the start of the last line.
+        block = 1 << 16
+        pos = size
+        tail = b""
+        while pos > 0:
+            step = min(block, pos)
+            pos -= step
+            fh.seek(pos)
+            tail = fh.read(step) + tail
+            cut = tail.rfind(b"\n", 0, len(tail) - 1)
+            if cut >= 0:
+                start = pos + cut + 1
+                break
+        else:
+            start = 0
+        fh.seek(start)
+        last = fh.read()
+        ok = last.endswith(b"\n")
+        if ok:
+            try:
+                json.loads(last)
+            except ValueError:
+                ok = False
+        if not ok:
+            fh.truncate(start)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+class ShardWriter:
+    """Append-only, crash-safe JSONL writer with resume: ``done`` holds the keys already on disk.
+
+    ``key`` maps a record to its identity (e.g. ``(prompt_id, sample_index)``). Use as a context
+    manager; ``write`` appends a batch and fsyncs before returning, so a returned call is durable.
+    """
+
+    def __init__(self, path: str | Path, key: Callable[[dict[str, Any]], Any] = lambda r: r["id"]):
+        self.path = Path(path)
+        self.key = key
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path.with_name(self.path.name + ".lock"), "w")
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise RuntimeError(f"{self.path}: another process is writing this shard") from None
+        self.done: set[Any] = set()
+        self.duplicates_on_disk = 0
+        if self.path.exists():
+            _repair_tail(self.path)
+            for loc in _iter_jsonl(self.path, "error", None):
+                k = key(loc.record)
+                if k in self.done:
+                    self.duplicates_on_disk += 1
+                self.done.add(k)
+        self._fh = open(self.path, "a", encoding="utf-8")
+        self.written = 0
+
+    def write(self, records: Iterable[dict[str, Any]]) -> int:
+        lines = []
+        for rec in records:
+            k = self.key(rec)
+            if k in self.done:
+                continue
+            self.done.add(k)
+            lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
+        if lines:
+            self._fh.write("".join(lines))
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self.written += len(lines)
+        return len(lines)
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+        if not self._lock.closed:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+            try:
+                os.unlink(self._lock.name)
+            except OSError:
+                pass
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write via a temp file in the same folder + fsync + rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def export_parquet(jsonl_path: str | Path, parquet_path: str | Path) -> Path:
+    """Convert a finished JSONL shard to Parquet (atomic rename)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = read_jsonl(jsonl_path)
+    parquet_path = Path(parquet_path)
+    tmp = parquet_path.with_name(f".{parquet_path.name}.tmp")
+    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    os.replace(tmp, parquet_path)
+    return parquet_path
