@@ -95,7 +95,7 @@ _SPACE_CMDS = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~")
 
 def normalize_answer(ans: str) -> str:
     """A conservative normal form: equal normal forms mean equal answers (never the converse)."""
-    s = ans.strip().strip("$").strip()
+    s = ans.strip().strip("$").strip().replace("{,}", ",")  # LaTeX thousands separator 1{,}000
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\left", "").replace("\\right", "")
     s = _SPACE_CMDS.sub("", s)
     s = _TEXT_RE.sub(r"\1", s)
@@ -130,8 +130,8 @@ def _mv_equal(reference: str, answer: str, timeout_s: float) -> bool:
 
 
 def _strip_thousands(ans: str) -> str:
-    s = ans.strip().strip("$").strip()
-    return s.replace(",", "") if _THOUSANDS_RE.match(s.replace("{,}", ",")) else s
+    s = ans.strip().strip("$").strip().replace("{,}", ",")
+    return s.replace(",", "") if _THOUSANDS_RE.match(s) else s
 
 
 def equivalent(a: str, b: str, timeout_s: float = 5.0) -> bool:
@@ -141,6 +141,10 @@ def equivalent(a: str, b: str, timeout_s: float = 5.0) -> bool:
     try:
         return _mv_equal(a, b, timeout_s)
     except Exception:
+        return False
+    except BaseException as exc:  # math_verify's TimeoutException derives from BaseException
+        if type(exc).__name__ != "TimeoutException":
+            raise
         return False
 
 
@@ -155,11 +159,13 @@ def grade(response: str, reference: str, timeout_s: float = 5.0, require_think: 
         return Grade(True, extracted, "correct")
     try:
         ok = _mv_equal(str(reference), extracted, timeout_s)
-    except Exception as exc:  # math_verify.errors.TimeoutException or a parser bug
-        status = "timeout" if type(exc).__name__ == "TimeoutException" else "error"
-        if status == "error":
-            log.debug("math-verify error on %r vs %r: %s", extracted, reference, exc)
-        return Grade(False, extracted, status)
+    except Exception as exc:  # a parser bug
+        log.debug("math-verify error on %r vs %r: %s", extracted, reference, exc)
+        return Grade(False, extracted, "error")
+    except BaseException as exc:  # math_verify's TimeoutException derives from BaseException
+        if type(exc).__name__ != "TimeoutException":
+            raise
+        return Grade(False, extracted, "timeout")
     return Grade(ok, extracted, "correct" if ok else "wrong")
 
 
