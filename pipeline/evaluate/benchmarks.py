@@ -1,0 +1,190 @@
+"""Benchmark loaders: MATH-500, AIME 2024, AMC 2023, GSM8K test, or any set with problem/answer columns.
+
+A benchmark is named by a short name (``math500``, ``aime24``, ``amc23``, ``gsm8k``) or given in
+full as a :class:`BenchmarkSpec` (``{name, path, problem_column, answer_column, limit}``).
+
+Where a short name is looked up, in order:
+
+1. ``$DISTILL_DATA_DIR/<file>``;
+2. ``<repo>/../shared/data/<file>`` and ``<cwd>/../shared/data/<file>`` (the project's shared copies);
+3. the Hugging Face dataset it came from, only when ``hf_fallback`` is on and the hub is reachable.
+
+``path`` may be a JSONL/JSON/Parquet file, a folder of them, or ``hf:<dataset>[:<config>]`` for a
+hub dataset. Every problem needs a non-empty problem and answer; a bad row is an error naming the
+file, the line and the field. GSM8K-style answers (``"... #### 72"``) keep the number after ``####``
+with thousands separators removed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from pipeline.config import ConfigError, Section
+from pipeline.records import RecordError, iter_records
+
+__all__ = ["BenchmarkSpec", "Problem", "KNOWN", "resolve_spec", "load_problems", "data_dirs"]
+
+
+class BenchmarkSpec(Section):
+    """One benchmark: a short name, or a name plus where and how to read it."""
+
+    name: str = Field(description="display name and output sub-folder (short names: math500, aime24, amc23, gsm8k)")
+    path: str | None = Field(None, description="JSONL/JSON/Parquet file or folder, or hf:<dataset>[:<config>]; "
+                                               "default: the known file for a short name")
+    split: str = Field("test", description="split, for hf: datasets")
+    problem_column: str = Field("problem", description="column holding the problem text")
+    answer_column: str = Field("answer", description="column holding the reference answer")
+    id_column: str | None = Field(None, description="column with a stable problem id (default: the known one, "
+                                                    "else the row number)")
+    limit: int | None = Field(None, ge=1, description="use only the first N problems")
+
+
+@dataclass(frozen=True)
+class _Known:
+    file: str
+    id_column: str | None
+    hf: str  # hf:<dataset>[:<config>]
+    hf_split: str
+    hf_problem: str
+    hf_answer: str
+    paper_key: str  # key in reference.PAPER
+
+
+KNOWN: dict[str, _Known] = {
+    "math500": _Known("math500.jsonl", "unique_id", "hf:HuggingFaceH4/MATH-500", "test", "problem", "answer", "math500"),
+    "aime24": _Known("aime24.jsonl", "id", "hf:HuggingFaceH4/aime_2024", "train", "problem", "answer", "aime24"),
+    "amc23": _Known("amc23.jsonl", "id", "hf:math-ai/amc23", "test", "question", "answer", "amc23"),
+    "gsm8k": _Known("gsm8k_test.jsonl", "idx", "hf:openai/gsm8k:main", "test", "question", "answer", "gsm8k"),
+}
+ALIASES = {
+    "math-500": "math500", "math_500": "math500",
+    "aime2024": "aime24", "aime_2024": "aime24", "aime-2024": "aime24", "aime": "aime24",
+    "amc2023": "amc23", "amc_2023": "amc23", "amc-2023": "amc23", "amc": "amc23",
+    "gsm8k_test": "gsm8k", "gsm8k-test": "gsm8k",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    problem: str
+    answer: str
+    line: int  # 1-based row in the source (for messages)
+
+
+def canonical_name(name: str) -> str:
+    key = name.strip().lower()
+    return ALIASES.get(key, key)
+
+
+def data_dirs() -> list[Path]:
+    """Folders searched for the known benchmark files, in order."""
+    out = []
+    env = os.environ.get("DISTILL_DATA_DIR")
+    if env:
+        out.append(Path(env))
+    repo = Path(__file__).resolve().parents[2]
+    out.append(repo.parent / "shared" / "data")
+    out.append(Path.cwd().parent / "shared" / "data")
+    seen, uniq = set(), []
+    for d in out:
+        r = d.resolve() if d.exists() else d
+        if r not in seen:
+            seen.add(r)
+            uniq.append(d)
+    return uniq
+
+
+def resolve_spec(item: str | BenchmarkSpec | dict[str, Any], hf_fallback: bool = True) -> BenchmarkSpec:
+    """A full spec (with ``path``) for a short name or a partial spec."""
+    if isinstance(item, str):
+        spec = BenchmarkSpec(name=item)
+    elif isinstance(item, dict):
+        spec = BenchmarkSpec.model_validate(item)
+    else:
+        spec = item
+    if spec.path:
+        return spec
+    key = canonical_name(spec.name)
+    known = KNOWN.get(key)
+    if known is None:
+        raise ConfigError(f"benchmarks: {spec.name!r} is not a known benchmark (known: {', '.join(KNOWN)}); "
+                          f"give it a path: {{name: {spec.name}, path: file.jsonl, problem_column: ..., answer_column: ...}}")
+    for d in data_dirs():
+        f = d / known.file
+        if f.is_file():
+            return spec.model_copy(update={"path": str(f), "id_column": spec.id_column or known.id_column})
+    if not hf_fallback:
+        raise ConfigError(f"benchmarks: {spec.name}: {known.file} not found in "
+                          f"{', '.join(str(d) for d in data_dirs())} (set DISTILL_DATA_DIR or give a path)")
+    return spec.model_copy(update={"path": known.hf, "split": known.hf_split, "problem_column": known.hf_problem,
+                                   "answer_column": known.hf_answer,
+                                   "id_column": spec.id_column or known.id_column})
+
+
+_GSM8K_RE = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
+
+
+def clean_answer(ans: Any) -> str:
+    """Reference answers as strings; GSM8K's ``#### N`` tail kept, thousands commas dropped."""
+    text = str(ans).strip()
+    m = _GSM8K_RE.search(text)
+    if m:
+        text = m.group(1).strip()
+        if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", text):
+            text = text.replace(",", "")
+    return text
+
+
+def _rows(spec: BenchmarkSpec):
+    """``(source, line, row)`` for a local path or an ``hf:`` dataset."""
+    assert spec.path
+    if spec.path.startswith("hf:"):
+        name, _, config = spec.path[3:].partition(":")
+        try:
+            import datasets
+
+            ds = datasets.load_dataset(name, config or None, split=spec.split)
+        except Exception as exc:  # offline, unknown name, no such split
+            raise ConfigError(f"benchmarks: {spec.name}: could not load Hugging Face dataset {name!r} "
+                              f"(split {spec.split!r}): {exc}. Put the file in DISTILL_DATA_DIR or give a path.") from None
+        for i, row in enumerate(ds, start=1):
+            yield f"hf:{name}[{spec.split}]", i, row
+        return
+    for loc in iter_records(spec.path):
+        yield loc.path, loc.line, loc.record
+
+
+def load_problems(spec: BenchmarkSpec | str, hf_fallback: bool = True) -> list[Problem]:
+    """The benchmark's problems in file order (first ``limit``), validated."""
+    spec = resolve_spec(spec, hf_fallback)
+    out: list[Problem] = []
+    seen: dict[str, int] = {}
+    for n, (src, line, row) in enumerate(_rows(spec)):
+        if spec.limit is not None and len(out) >= spec.limit:
+            break
+        for col in (spec.problem_column, spec.answer_column):
+            val = row.get(col)
+            if val is None or (isinstance(val, str) and not val.strip()):
+                raise RecordError(src, line, f"missing or empty (benchmark {spec.name}; columns here: "
+                                             f"{', '.join(sorted(row))})", field=col)
+        if spec.id_column:
+            if row.get(spec.id_column) is None:
+                raise RecordError(src, line, f"missing problem id (benchmark {spec.name})", field=spec.id_column)
+            pid = str(row[spec.id_column])
+        else:
+            pid = str(n)
+        if pid in seen:
+            raise RecordError(src, line, f"duplicate problem id {pid!r} (first at line {seen[pid]})",
+                              field=spec.id_column or "id")
+        seen[pid] = line
+        out.append(Problem(pid, str(row[spec.problem_column]), clean_answer(row[spec.answer_column]), line))
+    if not out:
+        raise RecordError(spec.path, None, f"benchmark {spec.name} has no problems")
+    return out
