@@ -1,0 +1,543 @@
+"""The one training loop (``distill sft`` and ``distill kd`` both run it), on Accelerate.
+
+Contract for stages (stable; ``kd`` codes against it)
+-----------------------------------------------------
+A stage calls :func:`run_training` with its :class:`~pipeline.train.config.TrainConfig` and a
+``make_loss(ctx: TrainContext) -> LossFn`` factory. The loop owns everything else: accelerator,
+tokenizer, the rendered/packed data (:mod:`pipeline.train.data`), the student (+ LoRA), AdamW,
+the schedule, checkpoints, resume, logs and the final ``save_pretrained``.
+
+``make_loss`` is called once, after the student is prepared and before the first step, with a
+:class:`TrainContext` (``accelerator``, ``model`` (prepared/wrapped), ``tokenizer``, ``corpus``,
+``cfg``): load a teacher onto ``ctx.accelerator.device`` there, or read an offline cache keyed by
+``ctx.corpus.keys``. It returns ``loss_fn(model, batch) -> LossOutput``:
+
+* ``batch`` (built by :func:`pipeline.train.data.collate`, already on the device) holds
+  ``input_ids`` [B, T], ``labels`` [B, T] (Hugging Face convention: ``logits[:, t]`` predicts
+  ``labels[:, t + 1]``; -100 = not trained), ``position_ids`` [B, T] (restart at 0 for every
+  packed sample), ``attention_mask`` (only in padded, non-packed batches), ``num_tokens`` (int:
+  ``(labels[:, 1:] != -100).sum()``), ``sample_keys`` / ``sample_spans`` (per row: the samples'
+  keys and ``(start, length)`` spans, for caches keyed by sample). Forward the model with
+  ``**data.model_inputs(batch)``; ``data.next_token_targets(batch)`` gives the positions and
+  targets of trained tokens (use ``logits_to_keep=positions`` to skip prompt logits).
+* ``LossOutput.loss_sum`` is the SUM (not the mean) of the per-token loss over exactly the
+  trained tokens of this micro-batch, a differentiable 0-dim tensor. ``num_tokens`` is how many
+  tokens it summed (must equal ``batch["num_tokens"]``; checked on the first step). ``parts`` are
+  optional extra token-sums for the log (e.g. ``{"kl": ..., "ce": ...}``), floats or detached
+  0-dim tensors; they are logged divided by the step's trained tokens, like the loss.
+
+Normalisation rule: the gradient of one optimizer step is
+``sum(loss_sum over all micro-batches of the step, all ranks) / (trained tokens of the step,
+all ranks)``. The loop knows that token count before the step starts (the data plan is
+deterministic and identical on every rank), so no collective is needed: each micro-batch
+backpropagates ``loss_sum * world_size * grad_accum / step_tokens`` (Accelerate divides by
+``grad_accum``, DDP/FSDP/ZeRO average over ranks). A long sample therefore weighs by its tokens,
+not by its micro-batch, and 2 ranks x grad_accum 1 equal 1 rank x grad_accum 2 (tested).
+
+Data position: global micro-batch ``m`` of an epoch's plan goes to rank ``(m // grad_accum) %
+world_size``; optimizer step ``s`` consumes micro-batches ``[s*W*A, (s+1)*W*A)`` of epoch
+``s // steps_per_epoch``. A checkpoint (``output_dir/checkpoints/step-N``, written to a temp
+folder and renamed, so a kill mid-write leaves the previous one intact) stores model, optimizer,
+scheduler and RNG (``accelerator.save_state``) plus ``trainer_state.json``; ``resume`` restores
+them and continues at step N+1 on the same micro-batches an uninterrupted run would use.
+
+Per-step cost: no host sync except on log steps (every ``log_every``) and checkpoint steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ConfigError
+from pipeline.records import write_json_atomic
+from pipeline.train.config import TrainConfig
+
+__all__ = ["LossOutput", "LossFn", "TrainContext", "run_training", "CosineSchedule", "latest_checkpoint"]
+
+log = logging.getLogger(__name__)
+CKPT_RE = re.compile(r"^step-(\d{8})$")
+
+
+@dataclass
+class LossOutput:
+    """One micro-batch's loss: token SUM (not mean), the tokens it covers, extra token-sums to log."""
+
+    loss_sum: Any  # torch.Tensor, 0-dim, differentiable
+    num_tokens: Any  # int | torch.Tensor
+    parts: dict[str, Any] = field(default_factory=dict)
+
+
+LossFn = Callable[[Any, dict], LossOutput]
+
+
+@dataclass
+class TrainContext:
+    """What ``make_loss`` gets: the prepared student, accelerator, tokenizer, data and config."""
+
+    cfg: TrainConfig
+    accelerator: Any
+    model: Any
+    tokenizer: Any
+    corpus: Any
+
+
+class CosineSchedule:
+    """LR factor: linear warmup 0 -> 1 over ``warmup`` steps, then cosine 1 -> ``min_ratio``.
+
+    A class (not a lambda) so ``LambdaLR.state_dict`` can be saved and restored.
+    """
+
+    def __init__(self, warmup: int, total: int, min_ratio: float):
+        self.warmup, self.total, self.min_ratio = warmup, max(total, 1), min_ratio
+
+    def __call__(self, step: int) -> float:
+        if self.warmup > 0 and step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        span = max(self.total - self.warmup, 1)
+        progress = min(max(step - self.warmup, 0) / span, 1.0)
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------- setup helpers
+
+def _mixed_precision(cfg: TrainConfig) -> str | None:
+    import torch
+
+    if cfg.dtype == "fp32":
+        return "no"
+    if cfg.dtype in ("bf16", "fp16"):
+        return cfg.dtype
+    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        return None  # an accelerate config chose it
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    kwargs: dict[str, Any] = {"gradient_accumulation_steps": cfg.grad_accum,
+                              "project_config": ProjectConfiguration(project_dir=cfg.output_dir)}
+    mp = _mixed_precision(cfg)
+    if mp is not None:
+        kwargs["mixed_precision"] = mp
+    if cfg.report_to:
+        kwargs["log_with"] = list(cfg.report_to)
+    return Accelerator(**kwargs)
+
+
+def attn_implementation(cfg: TrainConfig) -> str:
+    import importlib.util
+
+    import torch
+
+    if cfg.attn_implementation != "auto":
+        return cfg.attn_implementation
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_tokenizer(cfg: TrainConfig):
+    from transformers import AutoTokenizer
+
+    src = cfg.tokenizer or cfg.model
+    try:
+        tok = AutoTokenizer.from_pretrained(src)
+    except OSError as exc:
+        raise ConfigError(f"tokenizer {src!r}: cannot load ({exc})") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_student(cfg: TrainConfig, attn: str):
+    """The student in fp32 master weights (autocast does bf16), optionally wrapped with LoRA."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation=attn)
+    except OSError as exc:
+        raise ConfigError(f"model {cfg.model!r}: cannot load ({exc})") from None
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora is not None:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        model = get_peft_model(model, PeftLoraConfig(
+            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM", bias="none"))
+    return model
+
+
+def make_optimizer(cfg: TrainConfig, model):
+    """AdamW; decay only on matrices (not biases, norms); only trainable params (LoRA: adapters)."""
+    import torch
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = torch.cuda.is_available()
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
+                             **({"fused": True} if fused else {}))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint (a renamed ``step-N`` folder holding trainer_state.json)."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    found = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := CKPT_RE.match(p.name))
+                   and (p / "trainer_state.json").is_file())
+    return found[-1][1] if found else None
+
+
+def _fault(kind: str, step: int) -> None:
+    """Test hook: ``DISTILL_TEST_KILL=<kind>:<step>`` SIGKILLs this process at that point."""
+    spec = os.environ.get("DISTILL_TEST_KILL")
+    if spec and spec == f"{kind}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict, keep: int) -> Path:
+    """``accelerator.save_state`` into ``.tmp-step-N``, add trainer_state.json, rename to ``step-N``."""
+    root = output_dir / "checkpoints"
+    tmp = root / f".tmp-step-{step:08d}"
+    final = root / f"step-{step:08d}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _fault("checkpoint", step)
+        write_json_atomic(tmp / "trainer_state.json", state)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        ckpts = sorted(p for p in root.iterdir() if CKPT_RE.match(p.name))
+        for old in ckpts[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------- final model
+
+def save_final(accelerator, model, tokenizer, cfg: TrainConfig, out: Path, chat_template: str,
+               stop_ids: list[int]) -> Path:
+    """``save_pretrained`` (safetensors) + tokenizer into ``out`` via a temp folder and rename.
+
+    LoRA: the adapter goes to ``adapter/`` and, with ``lora.merge``, the merged plain model to
+    ``out``. The tokenizer keeps the template the model was trained with, and the generation
+    config stops on every token the training taught it to end a turn with.
+    """
+    tmp = out.with_name(f".{out.name}.tmp")
+    unwrapped = accelerator.unwrap_model(model)
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        to_save = unwrapped
+        if cfg.lora is not None:
+            unwrapped.save_pretrained(out.parent / "adapter", safe_serialization=True)
+            if cfg.lora.merge:
+                to_save = unwrapped.merge_and_unload()
+                state_dict = None
+        to_save.config.use_cache = True
+        gen = getattr(to_save, "generation_config", None)
+        if gen is not None:
+            have = gen.eos_token_id if isinstance(gen.eos_token_id, list) else (
+                [gen.eos_token_id] if gen.eos_token_id is not None else [])
+            gen.eos_token_id = list(dict.fromkeys(have + list(stop_ids)))
+            if gen.pad_token_id is None:
+                gen.pad_token_id = tokenizer.pad_token_id
+        to_save.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
+        tokenizer.chat_template = chat_template
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    accelerator.wait_for_everyone()
+    return out
+
+
+# --------------------------------------------------------------------------- the loop
+
+def _trim_metrics(path: Path, keep_upto: int) -> None:
+    """On resume: drop log lines past the checkpoint so no step is logged twice."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= keep_upto:
+                kept.append(line)
+        except ValueError:
+            continue
+    path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+
+
+def run_training(cfg: TrainConfig, make_loss: Callable[[TrainContext], LossFn], *, stage: str = "sft",
+                 check: bool = False) -> dict:
+    """Train ``cfg.model`` on ``cfg.data`` with ``make_loss``'s loss; return the run summary.
+
+    ``check``: render a few samples, show trained tokens, fail on an empty mask / lost think
+    block / untrained EOS, and return the preflight report without training.
+    """
+    import torch
+    from accelerate.utils import set_seed
+
+    from pipeline.train import data as D
+
+    out_dir = Path(cfg.output_dir)
+    accelerator = make_accelerator(cfg)
+    main = accelerator.is_main_process
+    tokenizer = load_tokenizer(cfg)
+    template = D.chat_template_for_training(tokenizer)
+
+    if check:
+        report = D.preflight(cfg, tokenizer, template)
+        return report
+
+    summary_path = out_dir / "summary.json"
+    final_dir = out_dir / "final"
+    ckpt = latest_checkpoint(out_dir) if cfg.resume else None
+    if cfg.resume and ckpt is None and summary_path.exists() and final_dir.is_dir():
+        log.info("%s: run already complete; nothing to resume", out_dir)
+        return json.loads(summary_path.read_text(encoding="utf-8"))
+    if not cfg.resume and (latest_checkpoint(out_dir) is not None or final_dir.exists()):
+        raise ConfigError(f"{out_dir}: holds a previous run (checkpoints/ or final/); pass --resume to continue "
+                          "it, or choose another output_dir")
+
+    corpus = D.build_corpus(cfg, tokenizer, template, accelerator)
+    world, accum = accelerator.num_processes, cfg.grad_accum
+    per_step = world * accum
+    plan0 = D.plan_epoch(corpus, cfg, epoch=0)
+    steps_per_epoch = len(plan0) // per_step
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{cfg.data}: {len(corpus)} samples make {len(plan0)} micro-batches, fewer than "
+                          f"world_size x grad_accum = {per_step}; use more data or a smaller batch")
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    waste = D.padding_stats(corpus, plan0, cfg)
+    dropped_tail = len(plan0) - steps_per_epoch * per_step
+
+    set_seed(cfg.seed)
+    attn = attn_implementation(cfg)
+    D.check_packing_support(cfg, attn)
+    model = load_student(cfg, attn)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in model.parameters())
+    optimizer = make_optimizer(cfg, model)
+    schedule = CosineSchedule(warmup=math.ceil(cfg.warmup_ratio * total_steps), total=total_steps,
+                              min_ratio=cfg.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    start_step, tokens_seen, elapsed_before = 0, 0, 0.0
+    fingerprint = corpus.fingerprint
+    if ckpt is not None:
+        state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+        if state.get("data_fingerprint") != fingerprint:
+            raise ConfigError(f"{ckpt}: was written for different data or packing settings "
+                              f"({state.get('data_fingerprint')} != {fingerprint}); resume needs the same data")
+        if state.get("micro_batches_per_step") != per_step:
+            log.warning("resuming with world_size x grad_accum = %d (checkpoint used %s): the data position is kept "
+                        "but steps differ from the original run", per_step, state.get("micro_batches_per_step"))
+        accelerator.load_state(str(ckpt))
+        start_step = int(state["step"])
+        tokens_seen = int(state.get("trained_tokens", 0))
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        if main:
+            log.info("resuming from %s (step %d of %d)", ckpt, start_step, total_steps)
+
+    loss_fn = make_loss(TrainContext(cfg=cfg, accelerator=accelerator, model=model, tokenizer=tokenizer,
+                                     corpus=corpus))
+
+    metrics_path = out_dir / "metrics.jsonl"
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt is not None:
+            _trim_metrics(metrics_path, start_step)
+        elif metrics_path.exists():
+            metrics_path.unlink()
+        log.info("%s: %d samples (%d dropped as longer than %d), %d micro-batches/epoch, %d steps/epoch, %d steps; "
+                 "padding waste %.1f%%; trainable params %d / %d", stage, len(corpus), corpus.dropped_too_long,
+                 cfg.max_seq_len, len(plan0), steps_per_epoch, total_steps, 100 * waste["padding_fraction"],
+                 n_trainable, n_total)
+    if cfg.report_to:
+        accelerator.init_trackers(f"distill-{stage}", config=cfg.model_dump(mode="json"))
+
+    progress = None
+    if main and cfg.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total_steps, initial=start_step, desc=f"distill {stage}", unit="step")
+
+    device = accelerator.device
+    model.train()
+    plan_cache: dict[int, list] = {0: plan0}
+    window_loss: list[Any] = []
+    window_parts: dict[str, list[Any]] = {}
+    window_tokens, window_t0 = 0, time.perf_counter()
+    last_norm: Any = None
+    t_start = time.perf_counter()
+    metrics_fh = open(metrics_path, "a", encoding="utf-8") if main else None
+    history: list[dict] = []
+    checked_tokens = False
+    try:
+        for step in range(start_step, total_steps):
+            epoch, in_epoch = divmod(step, steps_per_epoch)
+            if epoch not in plan_cache:
+                plan_cache = {epoch: D.plan_epoch(corpus, cfg, epoch=epoch)}
+            plan = plan_cache[epoch]
+            step_mbs = plan[in_epoch * per_step:(in_epoch + 1) * per_step]
+            step_tokens = sum(D.micro_batch_tokens(corpus, mb) for mb in step_mbs)
+            mine = step_mbs[accelerator.process_index * accum:(accelerator.process_index + 1) * accum]
+            scale = world * accum / max(step_tokens, 1)
+            step_loss = torch.zeros((), device=device)
+            step_parts: dict[str, Any] = {}
+            for mb in mine:
+                batch = D.to_device(D.collate(corpus, mb, pad_id=tokenizer.pad_token_id, packing=cfg.packing), device)
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        out = loss_fn(model, batch)
+                    if not checked_tokens:
+                        got = int(out.num_tokens)
+                        if got != batch["num_tokens"]:
+                            raise RuntimeError(f"loss_fn summed over {got} tokens but the batch trains "
+                                               f"{batch['num_tokens']}; see the LossOutput contract in loop.py")
+                        checked_tokens = True
+                    accelerator.backward(out.loss_sum * scale)
+                    step_loss += out.loss_sum.detach().float()
+                    for k, v in out.parts.items():
+                        step_parts[k] = step_parts.get(k, 0.0) + (v.detach().float() if hasattr(v, "detach") else v)
+                    if accelerator.sync_gradients:
+                        if cfg.clip_grad > 0:
+                            last_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+            step_lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            tokens_seen += step_tokens
+            window_tokens += step_tokens
+            window_loss.append(step_loss / max(step_tokens, 1))
+            for k, v in step_parts.items():
+                window_parts.setdefault(k, []).append(v / max(step_tokens, 1))
+            done = step + 1
+            _fault("step", done)
+
+            if done % cfg.log_every == 0 or done == total_steps:
+                losses = torch.stack(window_loss)
+                if world > 1:
+                    losses = accelerator.reduce(losses, reduction="sum")
+                parts = {}
+                for k, vs in window_parts.items():
+                    t = torch.stack([torch.as_tensor(v, device=device, dtype=torch.float32) for v in vs])
+                    parts[k] = float((accelerator.reduce(t, reduction="sum") if world > 1 else t).mean())
+                now = time.perf_counter()
+                rec = {"step": done, "epoch": round(done / steps_per_epoch, 4), "loss": float(losses.mean()),
+                       "lr": step_lr,
+                       "grad_norm": float(last_norm) if last_norm is not None else None,
+                       "trained_tokens": tokens_seen,
+                       "tokens_per_s": window_tokens / max(now - window_t0, 1e-9), **parts}
+                window_loss, window_parts, window_tokens, window_t0 = [], {}, 0, now
+                history.append(rec)
+                if main:
+                    metrics_fh.write(json.dumps(rec) + "\n")
+                    metrics_fh.flush()
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
+                if cfg.report_to:
+                    accelerator.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=done)
+            if progress is not None:
+                progress.update(1)
+            if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
+                save_checkpoint(accelerator, out_dir, done, {
+                    "step": done, "epoch": epoch, "micro_batch_in_epoch": (in_epoch + 1) * per_step,
+                    "micro_batches_per_step": per_step, "trained_tokens": tokens_seen,
+                    "elapsed_s": elapsed_before + time.perf_counter() - t_start, "data_fingerprint": fingerprint,
+                    "total_steps": total_steps, "world_size": world}, cfg.keep_checkpoints)
+    finally:
+        if progress is not None:
+            progress.close()
+        if metrics_fh is not None:
+            metrics_fh.close()
+
+    elapsed = elapsed_before + time.perf_counter() - t_start
+    final_dir = save_final(accelerator, model, tokenizer, cfg, out_dir / "final", template, corpus.stop_ids)
+    checksums = _param_checksums(accelerator, model)
+    summary = {"stage": stage, "model_dir": str(final_dir), "output_dir": str(out_dir), "steps": total_steps,
+               "resumed_from_step": start_step if ckpt is not None else None,
+               "epochs": round(total_steps / steps_per_epoch, 4), "samples": len(corpus),
+               "dropped_too_long": corpus.dropped_too_long, "dropped_tail_micro_batches_per_epoch": dropped_tail,
+               "trained_tokens": tokens_seen, "final_loss": history[-1]["loss"] if history else None,
+               "padding_fraction": waste["padding_fraction"], "world_size": world, "grad_accum": accum,
+               "micro_batch_size": cfg.micro_batch_size, "packing": cfg.packing, "attn_implementation": attn,
+               "mixed_precision": accelerator.mixed_precision, "trainable_params": n_trainable,
+               "total_params": n_total, "elapsed_s": round(elapsed, 3),
+               "trained_tokens_per_s": tokens_seen / max(elapsed, 1e-9) if ckpt is None else None,
+               "param_checksum_by_rank": checksums}
+    if main:
+        write_json_atomic(summary_path, summary)
+        _plot_loss(metrics_path, out_dir / "loss.png", stage)
+    if cfg.report_to:
+        accelerator.end_training()
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _param_checksums(accelerator, model) -> list[float]:
+    """Sum of |trainable params| on each rank (equal across ranks when DDP kept them in sync)."""
+    import torch
+
+    with torch.no_grad():
+        s = sum(p.detach().float().abs().sum() for p in model.parameters() if p.requires_grad)
+        s = torch.as_tensor(s, dtype=torch.float64, device=accelerator.device).reshape(1)
+    return [float(x) for x in accelerator.gather(s).tolist()]
+
+
+def _plot_loss(metrics_path: Path, png: Path, stage: str) -> None:
+    from pipeline.plots import lines
+
+    if not metrics_path.exists():
+        return
+    rows = [json.loads(x) for x in metrics_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    if rows:
+        lines({"train loss": ([r["step"] for r in rows], [r["loss"] for r in rows])}, png,
+              title=f"distill {stage}: loss per trained token", xlabel="optimizer step", ylabel="loss")
