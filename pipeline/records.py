@@ -32,6 +32,8 @@ __all__ = [
 
 OnBadLine = Literal["error", "quarantine"]
 READABLE_SUFFIXES = (".jsonl", ".json", ".parquet")
+# Reports the stages write next to their shards (stats.json, shard-….stats.json, report.json): never records.
+REPORT_SUFFIXES = ("stats.json", "report.json")
 
 
 class RecordError(ValueError):
@@ -78,13 +80,15 @@ class BadLineSink:
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given; folders expand to their ``*.jsonl``/``*.json``/``*.parquet`` (sorted, recursive)."""
+    """Files as given; folders expand to their ``*.jsonl``/``*.json``/``*.parquet`` (sorted, recursive),
+    skipping hidden/underscore files and stage reports (``*stats.json``, ``*report.json``)."""
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in READABLE_SUFFIXES
-                           and not f.name.startswith((".", "_")) and ".tmp" not in f.name)
+                           and not f.name.startswith((".", "_")) and ".tmp" not in f.name
+                           and not f.name.endswith(REPORT_SUFFIXES))
             if not found:
                 raise RecordError(p, None, "folder holds no .jsonl/.json/.parquet files")
             out.extend(found)
