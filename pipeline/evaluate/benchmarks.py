@@ -43,6 +43,8 @@ class BenchmarkSpec(Section):
     id_column: str | None = Field(None, description="column with a stable problem id (default: the known one, "
                                                     "else the row number)")
     limit: int | None = Field(None, ge=1, description="use only the first N problems")
+    n: int | None = Field(None, ge=1, description="samples per problem for this benchmark (default: sampling.n); "
+                                           "the R1 paper uses more samples on small sets such as AIME")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,242 @@
+"""Grading generations into per-sample records (resumable), and metrics from those records.
+
+Used by the eval stage (after the generate stage wrote a benchmark's samples) and by the
+score-only mode (``distill eval score``), which grades responses written by anything else.
+
+Rules:
+
+* Each sample is graded once: the per-sample JSONL is written through
+  :class:`~pipeline.records.ShardWriter` keyed by the sample's identity, in durable batches, so a
+  killed run resumes where it stopped and never writes a sample twice.
+* Grading goes through :func:`pipeline.grading.grade_many` (process pool, math-verify timeout per
+  item: a pathological answer counts as wrong with status ``timeout`` and is counted in the results).
+* A response is what the model wrote, including the forced ``<think>\\n`` opener; with
+  ``require_think`` a response without ``</think>`` is wrong (the R1 protocol).
+* A sample is *truncated* when its ``finish_reason`` is ``length``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.evaluate.metrics import Sample, benchmark_metrics
+from pipeline.records import RecordError, ShardWriter, expand_inputs, iter_records, messages_of, user_text
+
+__all__ = ["PendingSample", "grade_into", "samples_from_generations", "load_graded", "metrics_from_graded",
+           "score_inputs", "resolve_workers"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_workers(workers: int) -> int:
+    """``0`` -> every core this process may use."""
+    if workers > 0:
+        return workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class PendingSample:
+    """A response to grade plus the record to write once graded (grade fields are added)."""
+
+    key: Any
+    response: str
+    reference: str
+    record: dict[str, Any]
+
+
+def grade_into(pending: Iterable[PendingSample], writer: ShardWriter, workers: int = 1, timeout_s: float = 5.0,
+               require_think: bool = True, batch_size: int = 2048, desc: str = "grading",
+               total: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Grade the samples whose key is not yet in ``writer.done``; write each batch durably.
+
+    Returns ``{"graded": n, "skipped": already_done, "seconds": s}``.
+    """
+    from pipeline.grading import grade_many
+
+    workers = resolve_workers(workers)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="resp", dynamic_ncols=True, leave=False)
+    graded = skipped = 0
+    start = time.perf_counter()
+    batch: list[PendingSample] = []
+
+    def flush() -> None:
+        nonlocal graded
+        if not batch:
+            return
+        grades = grade_many([(p.response, p.reference) for p in batch], workers=workers, timeout_s=timeout_s,
+                            require_think=require_think, chunksize=max(1, min(64, len(batch) // (4 * workers) or 1)))
+        out = []
+        for p, g in zip(batch, grades):
+            rec = dict(p.record)
+            rec.update({"extracted": g.extracted, "correct": g.correct, "grade_status": g.status})
+            out.append(rec)
+        writer.write(out)
+        graded += len(batch)
+        if bar is not None:
+            bar.update(len(batch))
+        batch.clear()
+
+    try:
+        for p in pending:
+            if p.key in writer.done:
+                skipped += 1
+                if bar is not None:
+                    bar.update(1)
+                continue
+            batch.append(p)
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+    finally:
+        if bar is not None:
+            bar.close()
+    return {"graded": graded, "skipped": skipped, "seconds": time.perf_counter() - start}
+
+
+def _completion_tokens(rec: dict[str, Any]) -> int | None:
+    nt = rec.get("num_tokens")
+    if isinstance(nt, dict) and isinstance(nt.get("completion"), int):
+        return nt["completion"]
+    return None
+
+
+def sample_key(rec: dict[str, Any]) -> tuple[str, int]:
+    return str(rec["problem_id"]), int(rec["sample_index"])
+
+
+def samples_from_generations(paths: Iterable[str | Path], benchmark: str,
+                             answers: dict[str, str]) -> Iterator[PendingSample]:
+    """Pending samples from the generate stage's shard records (``prompt_id``, ``sample_index``,
+    ``messages``, ``finish_reason``, ``num_tokens``); the reference answer comes from the
+    benchmark (``answers``: problem id -> answer), never from the generation record."""
+    for loc in iter_records(list(paths)):
+        rec = loc.record
+        for fld in ("prompt_id", "sample_index"):
+            if fld not in rec:
+                raise RecordError(loc.path, loc.line, "missing (not a generate-stage record?)", field=fld)
+        pid = str(rec["prompt_id"])
+        if pid not in answers:
+            continue  # a problem outside this eval's selection (e.g. a smaller limit than before)
+        msgs = messages_of(rec, (loc.path, loc.line))
+        response = next((m["content"] for m in reversed(msgs) if m["role"] == "assistant"), None)
+        if response is None:
+            raise RecordError(loc.path, loc.line, "no assistant turn", field="messages")
+        finish = rec.get("finish_reason")
+        out = {
+            "benchmark": benchmark,
+            "problem_id": pid,
+            "sample_index": int(rec["sample_index"]),
+            "id": rec.get("id"),
+            "answer": answers[pid],
+            "response": response,
+            "finish_reason": finish,
+            "truncated": finish == "length",
+            "completion_tokens": _completion_tokens(rec),
+        }
+        yield PendingSample(sample_key(out), response, answers[pid], out)
+
+
+def load_graded(path: str | Path) -> Iterator[dict[str, Any]]:
+    for loc in iter_records(path):
+        yield loc.record
+
+
+def _as_sample(rec: dict[str, Any]) -> Sample:
+    return Sample(correct=bool(rec["correct"]), extracted=rec.get("extracted"),
+                  status=rec.get("grade_status", "correct" if rec["correct"] else "wrong"),
+                  truncated=bool(rec.get("truncated")), completion_tokens=rec.get("completion_tokens"),
+                  sample_index=int(rec.get("sample_index", 0)))
+
+
+def metrics_from_graded(records: Iterable[dict[str, Any]], pass_k: list[int], cons_k: list[int] | None = None,
+                        problem_ids: Iterable[str] | None = None, bootstrap_resamples: int = 1000,
+                        seed: int = 0, timeout_s: float = 5.0,
+                        group: Callable[[dict[str, Any]], str] = lambda r: str(r["problem_id"])) -> dict[str, Any]:
+    """Benchmark metrics from graded per-sample records (only ``problem_ids`` when given)."""
+    from pipeline.grading import equivalent
+
+    keep = set(problem_ids) if problem_ids is not None else None
+    by_problem: dict[str, list[Sample]] = {}
+    for rec in records:
+        pid = group(rec)
+        if keep is not None and pid not in keep:
+            continue
+        by_problem.setdefault(pid, []).append(_as_sample(rec))
+    return benchmark_metrics(by_problem, pass_k=pass_k, cons_k=cons_k, bootstrap_resamples=bootstrap_resamples,
+                             seed=seed, same=lambda a, b: equivalent(a, b, timeout_s))
+
+
+# --------------------------------------------------------------------------- score-only mode
+
+def _score_pending(paths: list[Path]) -> Iterator[PendingSample]:
+    """Pending samples from arbitrary response files: ``answer`` plus ``response`` or ``messages``."""
+    seen_per_problem: dict[tuple[str, str], int] = {}
+    for loc in iter_records(paths):
+        rec = loc.record
+        ans = rec.get("answer")
+        if ans is None or (isinstance(ans, str) and not ans.strip()):
+            raise RecordError(loc.path, loc.line, "missing or empty reference answer", field="answer")
+        if isinstance(rec.get("response"), str):
+            response = rec["response"]
+        elif "messages" in rec:
+            msgs = messages_of(rec, (loc.path, loc.line))
+            response = next((m["content"] for m in reversed(msgs) if m["role"] == "assistant"), None)
+            if response is None:
+                raise RecordError(loc.path, loc.line, "no assistant turn to grade", field="messages")
+        else:
+            raise RecordError(loc.path, loc.line, "needs a 'response' string or a 'messages' list", field="response")
+        bench = str(rec.get("benchmark") or Path(loc.path).stem)
+        pid = rec.get("prompt_id", rec.get("problem_id"))
+        if pid is None:
+            pid = rec.get("problem") or rec.get("prompt") or user_text(rec) or f"line{loc.line}"
+        pid = str(pid)
+        if "sample_index" in rec:
+            sidx = int(rec["sample_index"])
+        else:
+            sidx = seen_per_problem.get((bench, pid), 0)
+            seen_per_problem[(bench, pid)] = sidx + 1
+        out = dict(rec)
+        out.update({"scored_from": f"{loc.path}:{loc.line}", "benchmark": bench, "problem_id": pid,
+                    "sample_index": sidx, "truncated": rec.get("finish_reason") == "length",
+                    "completion_tokens": rec.get("completion_tokens", _completion_tokens(rec))})
+        yield PendingSample(out["scored_from"], response, str(ans), out)
+
+
+def score_inputs(inputs: list[str], output_path: str | Path, pass_k: list[int], cons_k: list[int] | None = None,
+                 workers: int = 0, timeout_s: float = 5.0, require_think: bool = True,
+                 bootstrap_resamples: int = 1000, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Grade existing responses into ``output_path`` (resumable) and compute metrics per benchmark.
+
+    Returns ``{"benchmarks": {name: metrics}, "grading": {...}}``.
+    """
+    paths = expand_inputs(inputs)
+    output_path = Path(output_path)
+    if any(p.resolve() == output_path.resolve() for p in paths if output_path.exists()):
+        raise RecordError(output_path, None, "the output file is also an input; choose another --output")
+    with ShardWriter(output_path, key=lambda r: r["scored_from"]) as writer:
+        stats = grade_into(_score_pending(paths), writer, workers=workers, timeout_s=timeout_s,
+                           require_think=require_think, desc="scoring", progress=progress)
+    by_bench: dict[str, list[dict[str, Any]]] = {}
+    for rec in load_graded(output_path):
+        by_bench.setdefault(rec["benchmark"], []).append(rec)
+    t0 = time.perf_counter()
+    benchmarks = {name: metrics_from_graded(recs, pass_k, cons_k, bootstrap_resamples=bootstrap_resamples,
+                                            seed=seed, timeout_s=timeout_s)
+                  for name, recs in sorted(by_bench.items())}
+    return {"benchmarks": benchmarks,
+            "grading": {**stats, "metrics_seconds": time.perf_counter() - t0, "workers": resolve_workers(workers),
+                        "timeout_s": timeout_s, "require_think": require_think}}
