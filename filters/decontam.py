@@ -1,0 +1,125 @@
+"""Rule 10, ``contaminated``: the prompt shares a word n-gram with a benchmark problem.
+
+The standard decontamination test (GPT-3 / open-r1 style): lowercase, split on non-word characters,
+and flag a prompt that shares any ``n``-word sequence with a benchmark problem. ``n`` = 13 is the
+GPT-3 / open-r1 default (long enough that shared boilerplate such as "what is the value of" never
+matches); 8 is stricter and catches paraphrases that keep a long exact span. A benchmark problem
+shorter than ``n`` words matches when the prompt contains all of it.
+
+``benchmarks`` lists JSONL/JSON/Parquet files with a ``problem`` (or ``question``) field. Relative
+paths resolve against the current folder, then the repository root; the default points at the
+shared MATH-500, AIME 2024, AMC 2023 and GSM8K test sets, and a missing file is skipped with a
+warning. Each rejected record's details name the benchmark items it hit; the runner totals the
+hits per benchmark item.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from pipeline.config import Section
+
+from filters.base import Parsed, Rule
+
+__all__ = ["DecontamConfig", "DecontamRule", "BenchmarkIndex", "DEFAULT_BENCHMARKS", "resolve_benchmark"]
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BENCHMARKS = ["../shared/data/math500.jsonl", "../shared/data/aime24.jsonl",
+                      "../shared/data/amc23.jsonl", "../shared/data/gsm8k_test.jsonl"]
+_WORD_SPLIT = re.compile(r"[\W_]+", re.UNICODE)
+
+
+class DecontamConfig(Section):
+    enabled: bool = True
+    n: int = 13
+    benchmarks: list[str] = list(DEFAULT_BENCHMARKS)
+
+
+def words_of(text: str) -> list[str]:
+    return [w for w in _WORD_SPLIT.split(text.lower()) if w]
+
+
+def resolve_benchmark(path: str) -> Path | None:
+    p = Path(path)
+    if p.is_absolute():
+        return p if p.exists() else None
+    for base in (Path.cwd(), REPO_ROOT):
+        if (base / p).exists():
+            return (base / p).resolve()
+    return None
+
+
+class BenchmarkIndex:
+    """Word n-grams of benchmark problems -> the items holding them."""
+
+    def __init__(self, files: list[str], n: int):
+        from pipeline.records import iter_records
+
+        self.n = n
+        self.items: list[str] = []  # "math500:17" (file stem : 1-based row)
+        self.grams: dict[str, list[int]] = {}
+        self.short: dict[int, dict[str, list[int]]] = {}  # problems with fewer than n words, by length
+        self.loaded: list[str] = []
+        self.missing: list[str] = []
+        for f in files:
+            path = resolve_benchmark(f)
+            if path is None:
+                log.warning("decontam: benchmark file %s not found; skipping it", f)
+                self.missing.append(f)
+                continue
+            self.loaded.append(str(path))
+            for loc in iter_records(path):
+                text = loc.record.get("problem") or loc.record.get("question")
+                if not isinstance(text, str):
+                    continue
+                words = words_of(text)
+                if not words:
+                    continue
+                item = len(self.items)
+                self.items.append(f"{path.stem}:{loc.line}")
+                if len(words) < n:
+                    self.short.setdefault(len(words), {}).setdefault(" ".join(words), []).append(item)
+                    continue
+                for i in range(len(words) - n + 1):
+                    bucket = self.grams.setdefault(" ".join(words[i:i + n]), [])
+                    if not bucket or bucket[-1] != item:
+                        bucket.append(item)
+
+    def hits(self, text: str) -> list[str]:
+        """Benchmark items sharing an n-gram with ``text`` (sorted)."""
+        words = words_of(text)
+        found: set[int] = set()
+        n = self.n
+        for i in range(len(words) - n + 1):
+            bucket = self.grams.get(" ".join(words[i:i + n]))
+            if bucket:
+                found.update(bucket)
+        for k, table in self.short.items():
+            for i in range(len(words) - k + 1):
+                bucket = table.get(" ".join(words[i:i + k]))
+                if bucket:
+                    found.update(bucket)
+        return sorted(self.items[i] for i in found)
+
+
+class DecontamRule(Rule):
+    name = "contaminated"
+
+    def __init__(self, cfg: DecontamConfig):
+        self.index = BenchmarkIndex(cfg.benchmarks, cfg.n)
+        self._cache: dict[str, list[str]] = {}  # samples of one prompt arrive together
+
+    def check(self, p: Parsed) -> str | None:
+        hits = self._cache.get(p.prompt)
+        if hits is None:
+            hits = self.index.hits(p.prompt)
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[p.prompt] = hits
+        if not hits:
+            return None
+        p.notes[self.name] = ",".join(hits)
+        return f"shares a {self.index.n}-word span with {', '.join(hits[:5])}" + (" ..." if len(hits) > 5 else "")

@@ -1,0 +1,121 @@
+"""Rule 3, ``mixed_language``: Han and Latin script mixed in one trace, or a reply in the wrong language.
+
+DeepSeek-R1 (sec. 2.3.2) found its RL traces mixing languages and dropped them from the SFT data.
+What counts (after removing LaTeX/math, code, URLs and digits, which are language-neutral):
+
+* units: one Han/kana/hangul character, or one Latin word of >= 2 letters (single letters are
+  variables: "let x be", "设 x 为");
+* for the reasoning and for the final answer separately, the dominant script and the minority
+  share ``minority / (han + latin)``.
+
+Rejects when, in the reasoning or the answer:
+
+1. the minority share exceeds ``max_minority_share`` (0.10) and the minority has at least the run
+   length below in units (a quoted foreign term, e.g. an English trace naming 勾股定理 or a
+   Chinese trace naming "Cauchy-Schwarz", can exceed 10% of a 30-word trace, but never reaches
+   8 Han characters / 5 Latin words; a half-translated trace does both), or
+2. a foreign *run* appears: >= ``min_han_run`` (8) consecutive Han characters inside Latin-dominant
+   text (a Chinese clause is rarely shorter; most named terms, e.g. 中国剩余定理, are 4-6), or
+   >= ``min_latin_run`` (5) consecutive Latin words inside Han-dominant text (a term like
+   "Cauchy-Schwarz inequality" is 2-3 words, a sentence like "Wait, let me check this" is 5), or
+3. ``match_prompt`` is on and the reasoning's dominant script differs from the prompt's (R1's
+   language-consistency goal), when the prompt has at least ``min_units`` units.
+
+Texts with fewer than ``min_units`` units (pure LaTeX answers like ``\\boxed{42}``) are not judged.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pipeline.config import Section
+
+from filters.base import Parsed, Rule
+
+__all__ = ["LanguageConfig", "LanguageRule", "script_counts", "strip_neutral"]
+
+_HAN_CLASS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_HAN = re.compile(f"[{_HAN_CLASS}]")
+_LATIN_WORD = re.compile(r"[A-Za-z\u00c0-\u024f]{2,}")
+# Language-neutral spans, removed in one pass: code fences, inline code, display/inline math,
+# LaTeX environments and commands (with a braced argument for \text-like ones kept out), URLs.
+_NEUTRAL = re.compile(
+    r"```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|`[^`\n]*`"
+    r"|\$\$.*?\$\$|\$[^$]*\$|\\\[.*?\\\]|\\\(.*?\\\)"
+    r"|\\begin\{(\w+\*?)\}.*?\\end\{\1\}"
+    r"|\\[A-Za-z]+|https?://\S+",
+    re.DOTALL,
+)
+_HAN_RUN = re.compile(f"[{_HAN_CLASS}](?:[{_HAN_CLASS}\\s\u3000-\u303f\uff00-\uffef0-9·、，。；：？！“”‘’（）《》]*[{_HAN_CLASS}])?")
+_LATIN_RUN_SEP = r"[\s,.;:!?'’\"()\-]+"
+
+
+class LanguageConfig(Section):
+    enabled: bool = True
+    max_minority_share: float = 0.10
+    min_han_run: int = 8
+    min_latin_run: int = 5
+    match_prompt: bool = True
+    min_units: int = 10
+
+
+def strip_neutral(text: str) -> str:
+    """Text without LaTeX, math, code and URLs (the parts that carry no natural language)."""
+    if "$" not in text and "\\" not in text and "`" not in text and "~~~" not in text and "http" not in text:
+        return text
+    return _NEUTRAL.sub(" ", text)
+
+
+def script_counts(text: str) -> tuple[int, int]:
+    """``(han_units, latin_units)`` of already-stripped text."""
+    han = len(_HAN.findall(text)) if not text.isascii() else 0
+    latin = len(_LATIN_WORD.findall(text))
+    return han, latin
+
+
+class LanguageRule(Rule):
+    name = "mixed_language"
+
+    def __init__(self, cfg: LanguageConfig):
+        self.cfg = cfg
+        k = max(1, cfg.min_latin_run)
+        self._latin_run = re.compile(rf"(?:[A-Za-z\u00c0-\u024f]{{2,}}{_LATIN_RUN_SEP}){{{k - 1}}}[A-Za-z\u00c0-\u024f]{{2,}}")
+
+    def _judge(self, text: str, part: str) -> tuple[str | None, str | None]:
+        """``(dominant_script or None, rejection detail or None)`` for one part of the response."""
+        clean = strip_neutral(text)
+        han, latin = script_counts(clean)
+        total = han + latin
+        if total < self.cfg.min_units:
+            return None, None
+        dominant = "han" if han > latin else "latin"
+        share = min(han, latin) / total
+        minority_floor = self.cfg.min_han_run if dominant == "latin" else self.cfg.min_latin_run
+        if share > self.cfg.max_minority_share and min(han, latin) >= minority_floor:
+            return dominant, f"{part}: minority script share {share:.2f} > {self.cfg.max_minority_share}"
+        if dominant == "latin" and han >= self.cfg.min_han_run:
+            for m in _HAN_RUN.finditer(clean):
+                run = len(_HAN.findall(m.group()))
+                if run >= self.cfg.min_han_run:
+                    return dominant, f"{part}: a run of {run} Han characters in Latin text"
+        if dominant == "han" and latin >= self.cfg.min_latin_run:
+            m = self._latin_run.search(clean)
+            if m:
+                return dominant, f"{part}: a run of >= {self.cfg.min_latin_run} Latin words in Han text: {m.group()[:40]!r}"
+        return dominant, None
+
+    def check(self, p: Parsed) -> str | None:
+        dom_r, why = self._judge(p.reasoning_text, "reasoning")
+        if why:
+            return why
+        dom_a, why = self._judge(p.answer, "answer")
+        if why:
+            return why
+        if self.cfg.match_prompt and (dom_r or dom_a):
+            han, latin = script_counts(strip_neutral(p.prompt))
+            if han + latin >= self.cfg.min_units:
+                dom_p = "han" if han > latin else "latin"
+                for part, dom in (("reasoning", dom_r), ("answer", dom_a)):
+                    if dom and dom != dom_p:
+                        return f"{part} is {dom}-script but the prompt is {dom_p}-script"
+        return None

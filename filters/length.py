@@ -1,0 +1,58 @@
+"""Rule 7, ``length``: a trace too short to teach anything or too long to train on.
+
+Completion length comes, in order of preference, from the record's ``num_tokens.completion`` (what
+the generator counted), the teacher tokenizer (``tokenizer``: a local path or hub id, loaded once per
+worker), or :func:`filters.base.estimate_tokens`. The reasoning length uses the tokenizer or the
+estimate.
+
+Defaults: ``min_reasoning_tokens`` 5 (an empty or one-phrase "reasoning" is a format failure in
+disguise; short demo traces of ~100 tokens must pass), ``max_completion_tokens`` 32768 (R1's
+generation limit; longer traces do not fit a 32K SFT context). Raise ``min_completion_tokens`` for
+R1-scale corpora if you want to drop trivially short answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import Section
+
+from filters.base import Parsed, Rule, estimate_tokens
+
+
+class LengthConfig(Section):
+    enabled: bool = True
+    min_reasoning_tokens: int = 5
+    min_completion_tokens: int = 0
+    max_completion_tokens: int = 32768
+    tokenizer: str | None = None
+
+
+class LengthRule(Rule):
+    name = "length"
+
+    def __init__(self, cfg: LengthConfig):
+        self.cfg = cfg
+        self._tok: Any = None
+        if cfg.tokenizer:
+            from transformers import AutoTokenizer
+
+            self._tok = AutoTokenizer.from_pretrained(cfg.tokenizer)
+
+    def count(self, text: str) -> int:
+        if self._tok is not None:
+            return len(self._tok(text, add_special_tokens=False)["input_ids"])
+        return estimate_tokens(text)
+
+    def check(self, p: Parsed) -> str | None:
+        c = self.cfg
+        completion = p.completion_tokens if p.completion_tokens is not None else self.count(p.response)
+        if completion > c.max_completion_tokens:
+            return f"completion {completion} tokens > {c.max_completion_tokens}"
+        if completion < c.min_completion_tokens:
+            return f"completion {completion} tokens < {c.min_completion_tokens}"
+        if c.min_reasoning_tokens > 0:
+            reasoning = self.count(p.reasoning_text.strip())
+            if reasoning < c.min_reasoning_tokens:
+                return f"reasoning {reasoning} tokens < {c.min_reasoning_tokens}"
+        return None
