@@ -1,0 +1,310 @@
+"""``distill kd``: white-box distillation on teacher logits, on the SFT data path and training loop.
+
+The student trains on ``kd_alpha * T^2 * D(teacher || student) + (1 - kd_alpha) * CE`` summed
+over trained tokens (the loop normalises by the trained tokens of the whole optimizer step);
+``D`` is ``kd_loss``: forward_kl (Hinton), reverse_kl, or jsd with ``kd_beta`` (see
+:mod:`pipeline.train.losses`). The metrics log ``kd`` and ``ce`` per trained token separately.
+
+Teacher: frozen, eval mode, no grad; loaded on ``teacher_device`` (default: the student's device)
+in ``teacher_dtype``. Its vocabulary must equal the student's (:mod:`pipeline.train.tokenizer_check`);
+padded embedding rows are cut away. Or train from an offline top-k cache (``teacher_cache``)::
+
+    distill kd cache --config configs/kd/tiny_cpu.yaml    # run the teacher once, write teacher_cache/
+    distill kd --config configs/kd/tiny_cpu.yaml          # train (reads the cache if teacher_cache is set
+                                                          # and complete; otherwise runs the teacher live)
+
+Memory: with ``kd_fused`` (default) neither model materialises full-vocabulary logits for the
+sequence: the loss takes both models' final hidden states of trained tokens and their ``lm_head``
+weights and works ``kd_chunk_size`` tokens at a time (``losses.fused_linear_kd``). Where the
+weights are sharded (FSDP, DeepSpeed ZeRO-3) the models produce logits for trained positions only
+and the fp32 work is chunked (``losses.chunked_kd_from_logits``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from pipeline.cliutil import add_stage_parser, config_from_args
+from pipeline.config import ConfigError, Section
+from pipeline.train.config import TrainConfig
+
+__all__ = ["KDConfig", "TopKCacheConfig", "run", "build_teacher_cache", "load_teacher", "teacher_hidden", "register"]
+
+log = logging.getLogger(__name__)
+
+
+class TopKCacheConfig(Section):
+    """``distill kd cache`` settings (the folder is ``teacher_cache``)."""
+
+    k: int = Field(64, gt=0, description="teacher log-probs kept per trained token (plus one 'rest' bucket)")
+    logprob_dtype: Literal["float16", "float32"] = Field("float16", description="on-disk dtype of the log-probs")
+    batch_size: int = Field(8, gt=0, description="samples per teacher forward pass")
+
+
+class KDConfig(TrainConfig):
+    """``distill kd`` settings: the shared training settings plus the teacher and the KD loss."""
+
+    teacher: str | None = Field(None, description="teacher model folder or hub name (same tokenizer as the student); "
+                                                  "not needed when training from a complete teacher_cache")
+    teacher_device: str | None = Field(None, description="device for the teacher, e.g. 'cuda:1' (default: the "
+                                                          "student's device)")
+    teacher_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="teacher weights dtype: auto = bf16 on GPU, fp32 on CPU")
+    teacher_shard: bool = Field(False, description="FSDP runs: shard the teacher with the same Accelerate/FSDP "
+                                                   "config as the student (else a full copy per process)")
+    kd_loss: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
+        "forward_kl", description="divergence: forward_kl = KL(teacher||student), reverse_kl, or generalized jsd")
+    kd_beta: float = Field(0.5, ge=0.0, le=1.0, description="jsd mixture weight (0 = forward KL, 1 = reverse KL)")
+    kd_temperature: float = Field(1.0, gt=0.0, description="softmax temperature of both distributions (loss x T^2)")
+    kd_alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the KD term; cross-entropy gets 1 - kd_alpha")
+    kd_chunk_size: int = Field(1024, gt=0, description="trained tokens whose full-vocabulary logits exist at once")
+    kd_fused: bool = Field(True, description="loss from hidden states + lm_head chunk by chunk (no full logits); "
+                                             "switched off automatically when weights are sharded")
+    teacher_cache: str | None = Field(None, description="folder of `distill kd cache` (top-k teacher log-probs); "
+                                                        "used for training when complete")
+    cache: TopKCacheConfig = Field(default_factory=TopKCacheConfig, description="top-k cache settings")
+
+    @model_validator(mode="after")
+    def _needs_a_teacher(self) -> "KDConfig":
+        if not self.teacher and not self.teacher_cache:
+            raise ValueError("set teacher (a model) or teacher_cache (a `distill kd cache` folder)")
+        return self
+
+
+# --------------------------------------------------------------------------- teacher
+
+def _teacher_dtype(cfg: KDConfig, device):
+    import torch
+
+    if cfg.teacher_dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.teacher_dtype]
+
+
+def load_teacher(cfg: KDConfig, device) -> tuple[Any, Any]:
+    """The frozen teacher (eval, no grad) on ``device`` and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not cfg.teacher:
+        raise ConfigError("teacher: required here (no complete teacher_cache to train from)")
+    try:
+        tok = AutoTokenizer.from_pretrained(cfg.teacher)
+        model = AutoModelForCausalLM.from_pretrained(cfg.teacher, dtype=_teacher_dtype(cfg, device))
+    except OSError as exc:
+        raise ConfigError(f"teacher {cfg.teacher!r}: cannot load ({exc})") from None
+    model.config.use_cache = False
+    model.eval().requires_grad_(False)
+    return model.to(device), tok
+
+
+def teacher_hidden(teacher, batch: dict):
+    """The teacher's final (normed) hidden states ``[B, T, H]`` for a batch, without its logits."""
+    from pipeline.train.data import model_inputs
+
+    out = teacher(**model_inputs(batch), output_hidden_states=True, logits_to_keep=1)
+    return out.hidden_states[-1]
+
+
+def _weights_sharded(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        plugin = accelerator.state.deepspeed_plugin
+        return plugin is not None and plugin.zero_stage == 3
+    return False
+
+
+# --------------------------------------------------------------------------- the loss
+
+class KDLoss:
+    """``loss_fn(model, batch) -> LossOutput`` for the shared loop (live teacher or top-k cache)."""
+
+    def __init__(self, cfg: KDConfig, accelerator, tokenizer, corpus, teacher=None, cache=None, vocab_size=None):
+        from pipeline.train.losses import KDSpec
+
+        self.cfg, self.accelerator, self.teacher, self.cache = cfg, accelerator, teacher, cache
+        self.vocab = vocab_size or len(tokenizer)
+        self.spec = KDSpec(kind=cfg.kd_loss, beta=cfg.kd_beta, temperature=cfg.kd_temperature, alpha=cfg.kd_alpha,
+                           chunk_size=cfg.kd_chunk_size)
+        self.fused = cfg.kd_fused and not _weights_sharded(accelerator)
+
+    def _teacher_rows(self, batch: dict, mask):
+        """A ``teacher(start, end)`` callable over the batch's trained tokens (row-major order)."""
+        import torch
+        import torch.nn.functional as F
+
+        dev = batch["input_ids"].device
+        if self.cache is not None:
+            keys = [k for row in batch["sample_keys"] for k in row]
+            top = self.cache.rows(keys)
+            if top.ids.shape[0] != int(mask.sum()):
+                raise RuntimeError(f"teacher_cache rows ({top.ids.shape[0]}) != trained tokens in the batch "
+                                   f"({int(mask.sum())}); rebuild the cache for this data")
+            from pipeline.train.losses import TopK
+
+            return lambda a, b: TopK(top.ids[a:b].to(dev), top.logprobs[a:b].to(dev))
+        t_dev = next(self.teacher.parameters()).device
+        t_batch = {k: (v.to(t_dev) if hasattr(v, "to") else v) for k, v in batch.items()}
+        with torch.no_grad():
+            if self.fused:
+                hidden = teacher_hidden(self.teacher, t_batch)[:, :-1][mask.to(t_dev)]
+                head = self.teacher.get_output_embeddings()
+                weight = head.weight[: self.vocab]
+                bias = None if getattr(head, "bias", None) is None else head.bias[: self.vocab]
+
+                def rows(a, b):
+                    with torch.no_grad():
+                        return F.linear(hidden[a:b], weight, bias).to(dev)
+
+                return rows
+            from pipeline.train.data import model_inputs, next_token_targets
+
+            positions, targets = next_token_targets(t_batch)
+            logits = self.teacher(**model_inputs(t_batch), logits_to_keep=positions).logits
+            logits = logits[targets != -100][:, : self.vocab]
+            return lambda a, b: logits[a:b].to(dev)
+
+    def __call__(self, model, batch: dict):
+        from pipeline.train.data import model_inputs, next_token_targets
+        from pipeline.train.loop import LossOutput
+        from pipeline.train.losses import chunked_kd_from_logits, fused_linear_kd
+
+        nxt = batch["labels"][:, 1:]
+        mask = nxt != -100
+        targets = nxt[mask]
+        teacher = self._teacher_rows(batch, mask)
+        if self.fused:
+            out = model(**model_inputs(batch), output_hidden_states=True, logits_to_keep=1)
+            hidden = out.hidden_states[-1][:, :-1][mask]
+            head = self.accelerator.unwrap_model(model).get_output_embeddings()
+            bias = None if getattr(head, "bias", None) is None else head.bias[: self.vocab]
+            sums = fused_linear_kd(hidden, head.weight[: self.vocab], targets, teacher, self.spec, bias=bias)
+        else:
+            positions, pos_targets = next_token_targets(batch)
+            logits = model(**model_inputs(batch), logits_to_keep=positions).logits
+            rows = logits[pos_targets != -100][:, : self.vocab]
+            sums = chunked_kd_from_logits(rows, teacher, targets, self.spec)
+        return LossOutput(loss_sum=sums.loss_sum, num_tokens=sums.num_tokens,
+                          parts={"kd": sums.kd_sum, "ce": sums.ce_sum})
+
+
+def _cache_ready(cfg: KDConfig) -> bool:
+    return bool(cfg.teacher_cache) and (Path(cfg.teacher_cache) / "summary.json").is_file() and json.loads(
+        (Path(cfg.teacher_cache) / "summary.json").read_text(encoding="utf-8")).get("complete", False)
+
+
+def _make_loss_factory(cfg: KDConfig, info: dict):
+    def make_loss(ctx) -> KDLoss:
+        import torch
+
+        from pipeline.train.kd_cache import TopKCache
+        from pipeline.train.tokenizer_check import check_vocab
+
+        student_rows = ctx.accelerator.unwrap_model(ctx.model).get_output_embeddings().weight.shape[0]
+        if _cache_ready(cfg):
+            cache = TopKCache(cfg.teacher_cache)
+            vocab = len(ctx.tokenizer)
+            if student_rows < vocab:
+                raise ConfigError(f"student lm_head has {student_rows} rows < tokenizer size {vocab}")
+            cache.validate(ctx.corpus, cfg.kd_temperature, vocab)
+            info.update(teacher_source="cache", teacher_cache=str(cfg.teacher_cache), cache_k=cache.k)
+            return KDLoss(cfg, ctx.accelerator, ctx.tokenizer, ctx.corpus, cache=cache, vocab_size=vocab)
+        if cfg.teacher_cache:
+            log.warning("teacher_cache %s is not complete (run `distill kd cache`); using the live teacher",
+                        cfg.teacher_cache)
+        device = torch.device(cfg.teacher_device) if cfg.teacher_device else ctx.accelerator.device
+        teacher, t_tok = load_teacher(cfg, device)
+        check = check_vocab(t_tok, ctx.tokenizer, teacher.get_output_embeddings().weight.shape[0], student_rows)
+        for w in check.warnings:
+            log.warning("kd: %s", w)
+        if cfg.teacher_shard and _weights_sharded(ctx.accelerator):
+            teacher = ctx.accelerator.prepare_model(teacher)
+            teacher.eval()
+        info.update(teacher_source="model", teacher=str(cfg.teacher), vocab_size=check.vocab_size,
+                    student_rows=student_rows, teacher_rows=check.teacher_rows, tokenizer_warnings=check.warnings)
+        loss = KDLoss(cfg, ctx.accelerator, ctx.tokenizer, ctx.corpus, teacher=teacher, vocab_size=check.vocab_size)
+        info["fused"] = loss.fused
+        return loss
+
+    return make_loss
+
+
+def run(cfg: KDConfig) -> dict:
+    """Train the student by distillation; return the loop's summary plus the KD settings used."""
+    from pipeline.records import write_json_atomic
+    from pipeline.train.loop import run_training
+
+    info: dict[str, Any] = {}
+    summary = run_training(cfg, _make_loss_factory(cfg, info), stage="kd")
+    summary.update({"kd_loss": cfg.kd_loss, "kd_beta": cfg.kd_beta, "kd_temperature": cfg.kd_temperature,
+                    "kd_alpha": cfg.kd_alpha, "kd_chunk_size": cfg.kd_chunk_size, **info})
+    metrics = Path(cfg.output_dir) / "metrics.jsonl"
+    if metrics.exists():
+        rows = [json.loads(x) for x in metrics.read_text(encoding="utf-8").splitlines() if x.strip()]
+        if rows:
+            summary["final_kd"] = rows[-1].get("kd")
+            summary["final_ce"] = rows[-1].get("ce")
+            summary["first_kd"] = rows[0].get("kd")
+            _plot_parts(rows, Path(cfg.output_dir) / "kd_parts.png")
+    summary_path = Path(cfg.output_dir) / "summary.json"
+    if summary_path.exists():
+        write_json_atomic(summary_path, summary)
+    return summary
+
+
+def _plot_parts(rows: list[dict], png: Path) -> None:
+    from pipeline.plots import lines
+
+    series = {name: ([r["step"] for r in rows if name in r], [r[name] for r in rows if name in r])
+              for name in ("kd", "ce", "loss")}
+    lines({k: v for k, v in series.items() if v[0]}, png, title="distill kd: per trained token",
+          xlabel="optimizer step", ylabel="value")
+
+
+def build_teacher_cache(cfg: KDConfig) -> dict:
+    """``distill kd cache``: run the teacher once, store top-k log-probs per trained token."""
+    from pipeline.train.kd_cache import build_cache
+
+    return build_cache(cfg)
+
+
+FLAGS = {
+    "--output": ("output_dir", str, "run folder"),
+    "--model": ("model", str, "student model folder or hub name"),
+    "--teacher": ("teacher", str, "teacher model folder or hub name"),
+    "--data": ("data", "list", "chat-format JSONL/Parquet files or folders"),
+    "--teacher-cache": ("teacher_cache", str, "top-k teacher cache folder"),
+    "--resume": ("resume", "store_true", "continue from the newest checkpoint in the run folder"),
+    "--max-steps": ("max_steps", int, "optimizer steps (0 = from epochs)"),
+}
+
+
+def _main(args) -> int:
+    cfg = config_from_args(KDConfig, args, FLAGS)
+    if args.action == "cache":
+        summary = build_teacher_cache(cfg)
+        print(json.dumps(summary, indent=2))
+        return 0 if summary.get("complete") else 1
+    summary = run(cfg)
+    print(json.dumps({k: summary.get(k) for k in ("model_dir", "steps", "final_loss", "first_kd", "final_kd",
+                                                  "final_ce", "teacher_source", "trained_tokens", "elapsed_s")},
+                     indent=2))
+    return 0
+
+
+def register(sub) -> None:
+    p = add_stage_parser(
+        sub, "kd", KDConfig,
+        "White-box distillation on teacher logits (forward/reverse KL, JSD; chunked). "
+        "`distill kd cache --config X` first runs the teacher once and stores its top-k log-probs in "
+        "teacher_cache (optional); `distill kd --config X` trains (from the cache when it is complete).", FLAGS)
+    p.add_argument("action", nargs="?", choices=["train", "cache"], default="train",
+                   help="train (default) or cache: write the top-k teacher cache to teacher_cache and exit")
+    p.set_defaults(func=_main)
