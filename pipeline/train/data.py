@@ -11,8 +11,9 @@ Rules
   without ``{% generation %}`` markers. Inside a turn, training stops at (and includes) the
   turn's last *stop token* (the template's end-of-turn token, e.g. ``<|im_end|>``, and the
   tokenizer's EOS); trailing template text such as the ``\\n`` after ``<|im_end|>`` is not
-  trained. A template that ends turns without any special token gets the EOS token appended, so
-  the student always learns to stop. The first token of every sample is never trained, so a
+  trained. A template that ends turns without any special token gets the EOS token inserted after
+  the turn's last non-blank token, so the student always learns to stop. A token that straddles
+  the start of a turn (e.g. ``" <"`` after ``"assistant: "``) is trained. The first token of every sample is never trained, so a
   packed row never learns to predict one sample from the end of another.
 * **Drop, don't truncate**: a sample longer than ``max_seq_len`` is dropped and counted (a cut
   sample would lose its answer and its EOS).
@@ -150,18 +151,21 @@ class Renderer:
         enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         ids: list[int] = list(enc["input_ids"])
         starts = [s for s, _ in enc["offset_mapping"]]
+        ends = [e for _, e in enc["offset_mapping"]]
         trained = [False] * len(ids)
         inserts = []
         for a, b in spans:
-            lo = bisect.bisect_left(starts, a)
+            lo = bisect.bisect_right(ends, a)  # first token reaching into the turn (may straddle its start)
             hi = bisect.bisect_left(starts, b)
             last_stop = max((j for j in range(lo, hi) if ids[j] in self.stop_ids), default=None)
             if last_stop is not None:
                 hi = last_stop + 1
+            elif self.append_eos:  # end the turn at its last non-blank token, then EOS
+                while hi > lo and not text[starts[hi - 1]:ends[hi - 1]].strip():
+                    hi -= 1
+                inserts.append(hi)
             for j in range(lo, hi):
                 trained[j] = True
-            if last_stop is None and self.append_eos:
-                inserts.append(hi)
         for pos in reversed(inserts):
             ids.insert(pos, self.tok.eos_token_id)
             trained.insert(pos, True)
