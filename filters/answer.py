@@ -29,6 +29,9 @@ class AnswerRule(Rule):
     def __init__(self, cfg: AnswerConfig):
         self.domains = set(cfg.domains)
         self.timeout_s = cfg.timeout_s
+        # Warm up once per process: the first math-verify call imports sympy and its LaTeX
+        # grammar (~1.5 s), which must not land on the first real record of every worker.
+        grade("<think>.</think> \\boxed{1}", "2", timeout_s=self.timeout_s)
 
     def applies(self, p: Parsed) -> bool:
         if p.domain not in self.domains:

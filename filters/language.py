@@ -84,7 +84,15 @@ class LanguageRule(Rule):
     def _judge(self, text: str, part: str) -> tuple[str | None, str | None]:
         """``(dominant_script or None, rejection detail or None)`` for one part of the response."""
         clean = strip_neutral(text)
-        han, latin = script_counts(clean)
+        han = len(_HAN.findall(clean)) if not clean.isascii() else 0
+        if han == 0:  # fast path (most English traces): Latin-only, only "enough units?" matters
+            latin = 0
+            for _ in _LATIN_WORD.finditer(clean):
+                latin += 1
+                if latin >= self.cfg.min_units:
+                    return "latin", None
+            return None, None
+        latin = len(_LATIN_WORD.findall(clean))
         total = han + latin
         if total < self.cfg.min_units:
             return None, None

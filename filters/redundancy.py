@@ -5,31 +5,31 @@ many short, similar lines, so every measure here ignores short units and is a *f
 threshold, never "any repeat". Measured on the reasoning + answer text:
 
 * ``dup_ngram_frac``: share of word ``ngram_n``-gram positions (n = 10) whose n-gram occurs more
-  than once. Long verbatim copies and loops push it up; a 10-gram spans more than one short
+  than once (computed with a vectorised rolling hash over word hashes). Long verbatim copies and loops push it up; a 10-gram spans more than one short
   tabulated line, so "n = 3: 10" style tables stay unique. Threshold 0.40: in a clean trace a
   repeated 10-gram is a re-stated conclusion (a few %), a trace that pastes back half of itself
   sits near 0.5, a loop near 1.0.
-* ``repeated_line_frac``: share of characters in lines of >= ``min_line_words`` (8) words that
-  repeat an earlier line after normalisation (case, whitespace, punctuation and ``$``/``\\(``
-  delimiters dropped, so reformatted copies count). R1 writes one paragraph per line, so this is
+* ``repeated_line_frac``: share of characters in lines of >= ``min_line_chars`` (40 normalised
+  characters, about 8 words) that repeat an earlier line after normalisation (case, whitespace
+  and ASCII punctuation, including ``$`` and ``\\`` delimiters, dropped, so reformatted copies
+  count). R1 writes one paragraph per line, so this is
   the repeated-paragraph measure. Threshold 0.10: one pasted-back paragraph in a 5-paragraph
   trace is ~0.2; in a 60-paragraph R1 trace a single restated paragraph is ~0.02.
-* ``repeated_sentence_frac``: share of sentences of >= ``min_sentence_words`` (6) words that are
-  exact (normalised) repeats of an earlier one. Threshold 0.30 (short "Wait, let me check."
-  sentences are below 6 words and never count).
+* ``repeated_sentence_frac``: share of sentences of >= ``min_sentence_chars`` (30 normalised
+  characters, about 6 words) that are (normalised) repeats of an earlier one. Threshold 0.30
+  (short "Wait, let me check." sentences are below the floor and never count).
 * ``tail_loop``: the last ``loop_window`` (600) characters of the reasoning or of the answer are
   periodic with a period <= ``max_loop_period`` (200) chars, i.e. >= 3 back-to-back copies of the
   same text: the classic degenerate-decoding loop.
-* ``compression_ratio``: ``len(zlib(text)) / len(text)`` for texts of >= 2,000 bytes; below 0.15
+* ``compression_ratio``: ``len(zlib(text, level 1)) / len(text)`` for texts of >= 2,000 bytes; below 0.15
   means mostly repeated content (English prose is ~0.35-0.45, a LaTeX-heavy trace ~0.3, a long
   table of short lines ~0.2, a loop ~0.02-0.1).
 """
 
 from __future__ import annotations
 
-import re
+import string
 import zlib
-from collections import Counter
 
 from pipeline.config import Section
 
@@ -42,9 +42,9 @@ class RedundancyConfig(Section):
     enabled: bool = True
     ngram_n: int = 10
     max_dup_ngram_frac: float = 0.40
-    min_line_words: int = 8
+    min_line_chars: int = 40
     max_repeated_line_frac: float = 0.10
-    min_sentence_words: int = 6
+    min_sentence_chars: int = 30
     max_repeated_sentence_frac: float = 0.30
     loop_window: int = 600
     max_loop_period: int = 200
@@ -52,43 +52,54 @@ class RedundancyConfig(Section):
     min_bytes_for_compression: int = 2000
 
 
-_NORM_DROP = re.compile(r"[\W_]+", re.UNICODE)  # punctuation, whitespace, $ and \ delimiters
-_SENT_SPLIT = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+# Normalisation on bytes (C-speed): drop ASCII punctuation and blanks, keep newlines as separators.
+_DROP = (string.punctuation + " \t\r\x0b\x0c").encode()
 
 
-def _norm(s: str) -> str:
-    return _NORM_DROP.sub("", s.lower())
+def normalized_units(text: str, sentences: bool) -> list[bytes]:
+    """Lines (or sentences) of ``text``, lowercased, without ASCII punctuation and blanks."""
+    low = text.lower()
+    if sentences:
+        for end in (". ", "? ", "! ", "\u3002", "\uff1f", "\uff01"):
+            if end in low:
+                low = low.replace(end, end + "\n")
+    return low.encode("utf-8", "replace").translate(None, _DROP).split(b"\n")
+
+
+def repeated_frac(units: list[bytes], min_chars: int, by_chars: bool) -> float:
+    """Share (by characters or by count) of units of >= ``min_chars`` that repeat an earlier unit."""
+    seen: set[bytes] = set()
+    total = rep = 0
+    for u in units:
+        n = len(u)
+        if n < min_chars:
+            continue
+        w = n if by_chars else 1
+        total += w
+        if u in seen:
+            rep += w
+        else:
+            seen.add(u)
+    return rep / total if total else 0.0
 
 
 def dup_ngram_frac(words: list[str], n: int) -> float:
+    """Share of word n-gram positions whose n-gram occurs more than once (rolling hash, numpy)."""
+    import numpy as np
+
     total = len(words) - n + 1
     if total < 2:
         return 0.0
-    if n == 1:
-        grams = words
-    else:
-        # one string per n-gram (joined once) hashes faster than an n-tuple
-        grams = [" ".join(words[i:i + n]) for i in range(total)]
-    counts = Counter(grams)
+    h = np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
+    acc = np.zeros(total, dtype=np.uint64)
+    mult = np.uint64(1099511628211)
+    with np.errstate(over="ignore"):
+        for j in range(n):
+            acc = acc * mult + h[j:j + total]
+    _, counts = np.unique(acc, return_counts=True)
     if len(counts) == total:
         return 0.0
-    return sum(c for c in counts.values() if c > 1) / total
-
-
-def repeated_frac(units: list[str], min_words: int, by_chars: bool) -> float:
-    seen: set[str] = set()
-    total = rep = 0
-    for u in units:
-        if u.count(" ") + 1 < min_words or len(u.split()) < min_words:
-            continue
-        key = _norm(u)
-        w = len(u) if by_chars else 1
-        total += w
-        if key in seen:
-            rep += w
-        else:
-            seen.add(key)
-    return rep / total if total else 0.0
+    return float(counts[counts > 1].sum()) / total
 
 
 def tail_period(text: str, window: int, max_period: int) -> int | None:
@@ -103,17 +114,18 @@ def tail_period(text: str, window: int, max_period: int) -> int | None:
     return None
 
 
+def compression_ratio(text: str) -> float:
+    raw = text.encode("utf-8", "replace")
+    return len(zlib.compress(raw, 1)) / len(raw) if raw else 1.0
+
+
 def measure(text: str, cfg: RedundancyConfig) -> dict[str, float]:
     """All redundancy measures of one text (for reports and threshold studies)."""
-    words = text.split()
-    lines = text.split("\n")
-    sentences = _SENT_SPLIT.split(text)
-    raw = text.encode("utf-8")
     return {
-        "dup_ngram_frac": dup_ngram_frac(words, cfg.ngram_n),
-        "repeated_line_frac": repeated_frac(lines, cfg.min_line_words, by_chars=True),
-        "repeated_sentence_frac": repeated_frac(sentences, cfg.min_sentence_words, by_chars=False),
-        "compression_ratio": len(zlib.compress(raw, 6)) / len(raw) if raw else 1.0,
+        "dup_ngram_frac": dup_ngram_frac(text.split(), cfg.ngram_n),
+        "repeated_line_frac": repeated_frac(normalized_units(text, False), cfg.min_line_chars, by_chars=True),
+        "repeated_sentence_frac": repeated_frac(normalized_units(text, True), cfg.min_sentence_chars, by_chars=False),
+        "compression_ratio": compression_ratio(text),
     }
 
 
@@ -130,15 +142,14 @@ class RedundancyRule(Rule):
             period = tail_period(t, c.loop_window, c.max_loop_period)
             if period is not None:
                 return f"{part} ends in a loop (period {period} chars)"
-        raw = text.encode("utf-8")
-        if len(raw) >= c.min_bytes_for_compression:
-            ratio = len(zlib.compress(raw, 6)) / len(raw)
-            if ratio < c.min_compression_ratio:
+        if len(text) >= c.min_bytes_for_compression // 3:
+            ratio = compression_ratio(text)
+            if ratio < c.min_compression_ratio and len(text.encode("utf-8", "replace")) >= c.min_bytes_for_compression:
                 return f"compression ratio {ratio:.3f} < {c.min_compression_ratio}"
-        f = repeated_frac(text.split("\n"), c.min_line_words, by_chars=True)
+        f = repeated_frac(normalized_units(text, False), c.min_line_chars, by_chars=True)
         if f > c.max_repeated_line_frac:
             return f"repeated paragraph share {f:.2f} > {c.max_repeated_line_frac}"
-        f = repeated_frac(_SENT_SPLIT.split(text), c.min_sentence_words, by_chars=False)
+        f = repeated_frac(normalized_units(text, True), c.min_sentence_chars, by_chars=False)
         if f > c.max_repeated_sentence_frac:
             return f"repeated sentence share {f:.2f} > {c.max_repeated_sentence_frac}"
         f = dup_ngram_frac(text.split(), c.ngram_n)

@@ -158,6 +158,10 @@ def _ordered_results(cfg: Any, cfg_data: dict[str, Any], chunks: Iterator[list[t
             yield chunk, [process_line(w, raw) for _, _, raw in chunk]
         return
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    if cfg.answer.enabled:  # import the grader's heavy deps once, before forking (children inherit them)
+        from pipeline.grading import grade
+
+        grade("<think>.</think> \\boxed{1}", "2")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg_data,)) as pool:
         pending: deque = deque()
         limit = 2 * workers + 2
