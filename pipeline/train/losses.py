@@ -232,6 +232,43 @@ def kd_chunk_sums(student_logits: torch.Tensor, teacher: torch.Tensor | TopK, ta
     return kd, ce
 
 
+def _forward_kl_chunk(z: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
+                      spec: KDSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward KL + CE and ``d(alpha kd + (1 - alpha) ce)/dz`` in closed form, in place in ``z``.
+
+    Same values as :func:`kd_chunk_sums` (tested) with about 3 ``[chunk, V]`` fp32 buffers instead
+    of autograd's ~9: ``d kd/dz = T (q - p)`` and ``d ce/dz = softmax(z) - onehot``.
+    """
+    t, a = spec.temperature, spec.alpha
+    lse1 = torch.logsumexp(z, -1, keepdim=True)
+    ce = (lse1.squeeze(-1) - z.gather(-1, targets[:, None].long()).squeeze(-1)).sum()
+    if t != 1.0:
+        z.div_(t)
+        lse_t = torch.logsumexp(z, -1, keepdim=True)
+    else:
+        lse_t = lse1
+    z.sub_(lse_t)  # z = log q
+    logp = teacher[..., : z.shape[-1]].float() / t
+    logp.sub_(torch.logsumexp(logp, -1, keepdim=True))
+    p = logp.exp()
+    logp.sub_(z).mul_(p).masked_fill_(p == 0, 0.0)  # p (log p - log q), 0 log 0 = 0
+    kd = logp.sum() * t**2
+    del logp
+    z.exp_()  # z = q
+    if t != 1.0 and a < 1.0:
+        s1 = z.pow(t).mul_((t * lse_t - lse1).exp())  # softmax(z_original)
+        z.mul_(a * t).sub_(p, alpha=a * t).add_(s1, alpha=1.0 - a)
+        del s1
+    elif t != 1.0:
+        z.sub_(p).mul_(a * t)
+    else:
+        z.sub_(p, alpha=a)  # q - a p - (1 - a) onehot (T = 1: softmax(z) = q)
+    if a < 1.0:
+        rows = torch.arange(z.shape[0], device=z.device)
+        z[rows, targets.long()] -= 1.0 - a
+    return kd, ce, z
+
+
 class _FusedLinearKD(torch.autograd.Function):
     """Loss and its gradients computed chunk by chunk in forward; backward only rescales them."""
 
@@ -246,21 +283,30 @@ class _FusedLinearKD(torch.autograd.Function):
         for start in range(0, hidden.shape[0], spec.chunk_size):
             end = min(start + spec.chunk_size, hidden.shape[0])
             h = hidden[start:end]
-            z = F.linear(h, weight, bias).float().requires_grad_(need_h or need_w or need_b)
-            with torch.enable_grad():
-                kd, ce = kd_chunk_sums(z, teacher(start, end), targets[start:end], spec)
-                if z.requires_grad:
-                    (gz,) = torch.autograd.grad(spec.alpha * kd + (1.0 - spec.alpha) * ce, z)
+            z = F.linear(h, weight, bias).float()
+            gz = None
+            t_chunk = teacher(start, end)
+            closed_form = not isinstance(t_chunk, TopK) and (
+                spec.kind == "forward_kl" or (spec.kind == "jsd" and spec.beta == 0.0))
+            if closed_form:
+                kd, ce, gz = _forward_kl_chunk(z, t_chunk, targets[start:end], spec)
+            else:
+                z.requires_grad_(need_h or need_w or need_b)
+                with torch.enable_grad():
+                    kd, ce = kd_chunk_sums(z, t_chunk, targets[start:end], spec)
+                    if z.requires_grad:
+                        (gz,) = torch.autograd.grad(spec.alpha * kd + (1.0 - spec.alpha) * ce, z)
+            del t_chunk
             kd_total += kd.detach()
             ce_total += ce.detach()
-            if z.requires_grad:
+            if need_h or need_w or need_b:
                 if need_h:
                     grad_h[start:end] = gz.to(weight.dtype) @ weight
                 if need_w:
                     grad_w.addmm_(gz.t(), h.float())
                 if need_b:
                     grad_b += gz.sum(0)
-            del z, kd, ce
+            del z, kd, ce, gz
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(kd_total, ce_total)
