@@ -217,7 +217,7 @@ def _score_pending(paths: list[Path]) -> Iterator[PendingSample]:
 
 
 def score_inputs(inputs: list[str], output_path: str | Path, pass_k: list[int], cons_k: list[int] | None = None,
-                 workers: int = 0, timeout_s: float = 5.0, require_think: bool = True,
+                 workers: int = 0, timeout_s: float = 5.0, require_think: bool = True, batch_size: int = 2048,
                  bootstrap_resamples: int = 1000, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Grade existing responses into ``output_path`` (resumable) and compute metrics per benchmark.
 
@@ -229,7 +229,8 @@ def score_inputs(inputs: list[str], output_path: str | Path, pass_k: list[int], 
         raise RecordError(output_path, None, "the output file is also an input; choose another --output")
     with ShardWriter(output_path, key=lambda r: r["scored_from"]) as writer:
         stats = grade_into(_score_pending(paths), writer, workers=workers, timeout_s=timeout_s,
-                           require_think=require_think, desc="scoring", progress=progress)
+                           require_think=require_think, batch_size=batch_size, desc="scoring",
+                           progress=progress)
     by_bench: dict[str, list[dict[str, Any]]] = {}
     for rec in load_graded(output_path):
         by_bench.setdefault(rec["benchmark"], []).append(rec)

@@ -81,6 +81,7 @@ class EvalConfig(StageConfig):
     batch_size: int = Field(256, ge=1, description="prompts per generation batch and durable write")
     grading_workers: int = Field(0, ge=0, description="grading processes (0: every core)")
     grading_timeout_s: float = Field(5.0, gt=0, description="math-verify timeout per response; a timeout is wrong")
+    grading_batch: int = Field(2048, ge=1, description="responses graded per durable write (resume granularity)")
     bootstrap_resamples: int = Field(1000, ge=10, description="bootstrap resamples for the 95% intervals")
     bootstrap_seed: int = Field(0, description="seed of the bootstrap")
     progress: bool = Field(True, description="show progress bars")
@@ -115,6 +116,7 @@ class ScoreConfig(StageConfig):
     require_think: bool = Field(True, description="a response without </think> is wrong")
     grading_workers: int = Field(0, ge=0, description="grading processes (0: every core)")
     grading_timeout_s: float = Field(5.0, gt=0, description="math-verify timeout per response")
+    grading_batch: int = Field(2048, ge=1, description="responses graded per durable write (resume granularity)")
     bootstrap_resamples: int = Field(1000, ge=10, description="bootstrap resamples")
     bootstrap_seed: int = Field(0, description="bootstrap seed")
     progress: bool = Field(True, description="show a progress bar")
@@ -276,7 +278,7 @@ def run_one(cfg: EvalConfig, model: str, label: str, revision: str | None, out: 
         with ShardWriter(samples_path, key=sample_key) as writer:
             total = sum(_count_lines(f) for f in shards)
             gstats = grade_into(samples_from_generations(shards, spec.name, answers), writer, workers=workers,
-                                total=total,
+                                total=total, batch_size=cfg.grading_batch,
                                 timeout_s=cfg.grading_timeout_s, require_think=cfg.require_think,
                                 desc=f"grading {spec.name}", progress=cfg.progress)
         dt = time.perf_counter() - t
@@ -394,7 +396,7 @@ def score(cfg: ScoreConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir) if cfg.output_dir else first.with_name(f"{first.stem}_scored")
     label = cfg.label or first.stem
     res = score_inputs(cfg.inputs, out / "scored.jsonl", cfg.pass_k, cfg.cons_k, workers=cfg.grading_workers,
-                       timeout_s=cfg.grading_timeout_s, require_think=cfg.require_think,
+                       timeout_s=cfg.grading_timeout_s, require_think=cfg.require_think, batch_size=cfg.grading_batch,
                        bootstrap_resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed, progress=cfg.progress)
     paper_key = match_reference(label)
     for name, m in res["benchmarks"].items():
