@@ -145,3 +145,25 @@ def test_grade_many_keeps_order_and_matches_grade_in_parallel():
     parallel = grade_many(pairs, workers=2, timeout_s=5, chunksize=16)
     assert parallel == serial
     assert [g.status for g in parallel[:3]] == ["correct", "wrong", "unclosed_think"]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(a=st.integers(-10**6, 10**6), delta=st.sampled_from([0, 0, 1, -1, 10, 1000]), commas=st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_integer_fast_path_agrees_with_math_verify(a, delta, commas):
+    """Plain integers skip sympy; the verdict must be the one math-verify gives."""
+    from pipeline.grading import _mv_equal
+
+    b = a + delta
+    pred = f"{a:,}" if commas else str(a)
+    assert grade(boxed(pred), str(b)).correct == _mv_equal(str(b), pred, 5.0) == (a == b)
+    assert equivalent(pred, str(b)) == (a == b)
+
+
+def test_integer_answers_with_leading_zeros_and_signs():
+    assert grade(boxed("007"), "7").correct           # AIME answers are often written 007
+    assert grade(boxed("-0"), "0").correct
+    assert not grade(boxed("-7"), "7").correct
