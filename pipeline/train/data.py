@@ -451,6 +451,8 @@ def sample_problems(tokenizer: Any, renderer: Renderer, messages: list[dict], id
     problems = []
     if not any(trained):
         return ["no trained tokens (empty assistant mask)"]
+    if all(t in renderer.stop_ids for t, m in zip(ids, trained) if m):
+        return ["empty assistant turn: only the stop token is trained"]
     trained_text = _norm(tokenizer.decode([t for t, m in zip(ids, trained) if m]))
     for m in messages:
         if m["role"] != "assistant":
