@@ -22,7 +22,8 @@ threshold, never "any repeat". Measured on the reasoning + answer text:
   periodic with a period <= ``max_loop_period`` (200) chars, i.e. >= 3 back-to-back copies of the
   same text: the classic degenerate-decoding loop.
 * ``compression_ratio``: ``len(zlib(text, level 1)) / len(text)`` for texts of >= 2,000 bytes; below 0.15
-  means mostly repeated content (English prose is ~0.35-0.45, a LaTeX-heavy trace ~0.3, a long
+  means mostly repeated content (2,000 human MATH solutions: min 0.23, median 0.52; long prose
+  is ~0.35-0.45, a LaTeX-heavy trace ~0.3, a long
   table of short lines ~0.2, a loop ~0.02-0.1).
 """
 
