@@ -338,22 +338,19 @@ def test_end_to_end_tiny_model_on_math500(tiny_model_dir, shared_data, tmp_path,
         assert again[key] == m[key], key
 
 
-EVAL_KILL_SCRIPT = """
-import sys, logging
-from pipeline.evaluate.stage import EvalConfig, run
-logging.basicConfig(level=logging.INFO)
-cfg = EvalConfig.model_validate(dict(model=sys.argv[1], label="tiny", backend="transformers",
-    benchmarks=[{"name": "math500", "limit": 10}], sampling={"n": 2, "max_tokens": 32, "seed": 5},
-    pass_k=[1, 2], output_dir=sys.argv[2], grading_workers=1, progress=False,
-    transformers={"device": "cpu", "batch_size": 1}, batch_size=1))
-run(cfg)
-"""
+def _eval_cli(model_dir: Path, out: Path) -> list[str]:
+    """The same eval as a ``distill eval`` command line (flags + --set overrides)."""
+    return [sys.executable, "-m", "pipeline.cli", "eval", "--model", str(model_dir), "--label", "tiny",
+            "--backend", "transformers", "--n", "2", "--max-tokens", "32", "--output", str(out), "--workers", "1",
+            "--set", "benchmarks=[{name: math500, limit: 10}]", "--set", "sampling.seed=5",
+            "--set", "pass_k=[1, 2]", "--set", "progress=false", "--set", "transformers.device=cpu",
+            "--set", "transformers.batch_size=1", "--set", "batch_size=1"]
 
 
 def test_eval_resumes_after_sigkill_exactly_once(tiny_model_dir, shared_data, tmp_path, monkeypatch):
     out = tmp_path / "eval"
     env = {**os.environ, "PYTHONPATH": str(REPO), "DISTILL_DATA_DIR": str(shared_data)}
-    cmd = [sys.executable, "-c", EVAL_KILL_SCRIPT, str(tiny_model_dir), str(out)]
+    cmd = _eval_cli(tiny_model_dir, out)
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shard = out / "math500" / "generations" / "shard-00000-of-00001.jsonl"
     deadline = time.time() + 240
@@ -385,3 +382,35 @@ def test_eval_resumes_after_sigkill_exactly_once(tiny_model_dir, shared_data, tm
     assert res3["benchmarks"]["math500"] == m
     assert res3["timing"]["per_benchmark"]["math500"]["graded"] == 0
     assert res3["timing"]["model_load_s"] == 0.0
+
+
+def test_several_models_side_by_side(tiny_model_dir, tiny_teacher_dir, shared_data, tmp_path, monkeypatch):
+    from pipeline.evaluate.stage import run
+
+    monkeypatch.setenv("DISTILL_DATA_DIR", str(shared_data))
+    out = tmp_path / "cmp"
+    cfg = _eval_cfg(tiny_model_dir, out, model=None, label=None,
+                    models=[{"model": str(tiny_model_dir), "label": "student"},
+                            {"model": str(tiny_teacher_dir), "label": "teacher"}],
+                    benchmarks=[{"name": "math500", "limit": 4}, {"name": "gsm8k", "limit": 3}],
+                    sampling={"n": 1, "max_tokens": 8}, pass_k=[1])
+    res = run(cfg)
+    assert [r["label"] for r in res["runs"]] == ["student", "teacher"]
+    for label in ("student", "teacher"):
+        r = json.loads((out / label / "results.json").read_text())
+        assert set(r["benchmarks"]) == {"math500", "gsm8k"}
+        assert r["benchmarks"]["gsm8k"]["problems"] == 3
+    md = (out / "comparison.md").read_text()
+    assert "| student |" in md and "| teacher |" in md and "GSM8K pass@1" in md
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_hf_fallback_offline_is_a_clear_error(monkeypatch):
+    import pipeline.evaluate.benchmarks as bm
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(bm, "data_dirs", lambda: [])
+    spec = resolve_spec("aime24")
+    assert spec.path == "hf:HuggingFaceH4/aime_2024"
+    with pytest.raises(ConfigError, match="could not load Hugging Face dataset 'HuggingFaceH4/aime_2024'"):
+        load_problems(spec)
