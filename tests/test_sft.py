@@ -223,3 +223,19 @@ def test_check_cli(tmp_path, tiny_model_dir, corpus, capsys):
                    + "\n")
     _, bad_cfg = make_cfg(tmp_path, tiny_model_dir, "check_bad", bad)
     assert cli_main(["sft", "--config", str(bad_cfg), "--check"]) == 1
+
+
+def test_shipped_configs_load():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from pipeline.config import load_config
+
+    sft = sorted((REPO / "configs" / "sft").glob("*.yaml"))
+    assert len(sft) >= 2
+    for f in sft:
+        cfg = load_config(SFTConfig, f)
+        assert f.read_text().startswith("#") and "distill sft" in f.read_text().split("\nmodel:")[0], f
+        assert cfg.max_seq_len > 0
+    kinds = {load_config_from_file(str(f)).distributed_type.value
+             for f in (REPO / "configs" / "accelerate").glob("*.yaml")}
+    assert {"NO", "MULTI_GPU", "FSDP", "DEEPSPEED"} <= kinds
