@@ -234,7 +234,7 @@ def test_shipped_configs_load():
     assert len(sft) >= 2
     for f in sft:
         cfg = load_config(SFTConfig, f)
-        assert f.read_text().startswith("#") and "distill sft" in f.read_text().split("\nmodel:")[0], f
+        assert f.read_text().startswith("#") and "sft --config" in f.read_text().split("\nmodel:")[0], f
         assert cfg.max_seq_len > 0
     kinds = {load_config_from_file(str(f)).distributed_type.value
              for f in (REPO / "configs" / "accelerate").glob("*.yaml")}
