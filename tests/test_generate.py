@@ -236,3 +236,15 @@ def test_data_parallel_replicas_each_write_their_own_shard(tmp_path, tiny_model_
     assert [f.name for f in files] == ["shard-00000-of-00002.jsonl", "shard-00001-of-00002.jsonl"]
     stats, _ = compute_stats(files)
     assert stats["samples"] == 6 and stats["prompts"] == 6
+
+
+def test_shipped_configs_load_and_name_their_command():
+    from pipeline.config import load_config
+
+    files = sorted((ROOT / "configs" / "generate").glob("*.yaml"))
+    assert {f.name for f in files} >= {"r1_distill_qwen7b_math.yaml", "tiny_cpu.yaml", "openai_server.yaml"}
+    for f in files:
+        cfg = load_config(GenerateConfig, f)
+        assert f.read_text().startswith("#") and f"generate --config configs/generate/{f.name}" in f.read_text(), f
+    big = load_config(GenerateConfig, ROOT / "configs" / "generate" / "r1_distill_qwen7b_math.yaml")
+    assert (big.sampling.n, big.vllm.tensor_parallel_size, big.vllm.data_parallel_size) == (4, 1, 8)
