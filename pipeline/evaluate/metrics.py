@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Sample", "pass_at_k", "pass_at_k_mean", "majority_vote", "cons_at_k", "bootstrap_ci",
+__all__ = ["Sample", "pass_at_k", "pass_at_k_mean", "majority_vote", "cons_at_k", "cons_at_ks", "bootstrap_ci",
            "benchmark_metrics"]
 
 
@@ -97,17 +97,44 @@ def majority_vote(answers: Sequence[str | None], correct: Sequence[bool],
     return answers[min(best)], n_ok * 2 > len(best), len(best)
 
 
+def _problem_votes(job: tuple[list[str | None], list[bool], list[int], Callable[[str, str], bool] | None]
+                   ) -> dict[int, bool]:
+    """Majority-vote verdicts of one problem for several k, sharing equivalence checks across k."""
+    answers, correct, ks, same = job
+    if same is None:
+        from pipeline.grading import equivalent as same
+    memo: dict[tuple[str, str], bool] = {}
+
+    def cached(a: str, b: str) -> bool:
+        if (a, b) not in memo:
+            memo[(a, b)] = memo[(b, a)] = same(a, b)
+        return memo[(a, b)]
+
+    return {k: majority_vote(answers[:k], correct[:k], cached)[1] for k in ks}
+
+
+def cons_at_ks(samples_by_problem: Sequence[Sequence[Sample]], ks: Sequence[int],
+               same: Callable[[str, str], bool] | None = None, map_fn: Callable = map) -> dict[int, float]:
+    """cons@k (percentages) for every k in ``ks``: majority vote over each problem's first ``k`` samples.
+
+    ``map_fn`` may be a process pool's ``map`` (then ``same`` must be picklable, e.g. a
+    ``functools.partial`` of :func:`pipeline.grading.equivalent`): voting on many distinct
+    non-integer answers costs a math-verify call per pair of answer groups.
+    """
+    if not samples_by_problem:
+        return {k: float("nan") for k in ks}
+    jobs = []
+    for samples in samples_by_problem:
+        ordered = sorted(samples, key=lambda s: s.sample_index)
+        jobs.append(([s.extracted for s in ordered], [s.correct for s in ordered], list(ks), same))
+    verdicts = list(map_fn(_problem_votes, jobs))
+    return {k: 100.0 * sum(v[k] for v in verdicts) / len(verdicts) for k in ks}
+
+
 def cons_at_k(samples_by_problem: Sequence[Sequence[Sample]], k: int,
               same: Callable[[str, str], bool] | None = None) -> float:
     """cons@k over problems (percentage): majority vote over the first ``k`` samples of each."""
-    if not samples_by_problem:
-        return float("nan")
-    solved = 0
-    for samples in samples_by_problem:
-        first = sorted(samples, key=lambda s: s.sample_index)[:k]
-        _, ok, _ = majority_vote([s.extracted for s in first], [s.correct for s in first], same)
-        solved += ok
-    return 100.0 * solved / len(samples_by_problem)
+    return cons_at_ks(samples_by_problem, [k], same)[k]
 
 
 def bootstrap_ci(per_problem: Sequence[float], resamples: int = 1000, seed: int = 0,
@@ -136,7 +163,7 @@ class _Counts:
 
 def benchmark_metrics(samples_by_problem: dict[str, Sequence[Sample]], pass_k: Sequence[int] = (1,),
                       cons_k: Sequence[int] | None = None, bootstrap_resamples: int = 1000, seed: int = 0,
-                      same: Callable[[str, str], bool] | None = None) -> dict:
+                      same: Callable[[str, str], bool] | None = None, map_fn: Callable = map) -> dict:
     """All metrics of one benchmark from its graded samples, keyed by problem id.
 
     ``pass@k`` and ``cons@k`` are reported for every requested ``k`` that every problem has
@@ -172,8 +199,8 @@ def benchmark_metrics(samples_by_problem: dict[str, Sequence[Sample]], pass_k: S
         if 1 <= k <= n_min:
             out["pass@k"][str(k)] = pass_at_k_mean(counts, k)
     ks = sorted({k for k in (cons_k if cons_k is not None else pass_k) if 1 <= k <= n_min} | ({n_min} if n_min else set()))
-    for k in ks:
-        out["cons@k"][str(k)] = cons_at_k(problems, k, same)
+    if ks:
+        out["cons@k"] = {str(k): v for k, v in cons_at_ks(problems, ks, same, map_fn).items()}
     denom = max(1, tot.samples)
     st = tot.statuses
     out["statuses"] = dict(sorted(st.items()))

@@ -164,9 +164,14 @@ def _as_sample(rec: dict[str, Any]) -> Sample:
 
 def metrics_from_graded(records: Iterable[dict[str, Any]], pass_k: list[int], cons_k: list[int] | None = None,
                         problem_ids: Iterable[str] | None = None, bootstrap_resamples: int = 1000,
-                        seed: int = 0, timeout_s: float = 5.0,
+                        seed: int = 0, timeout_s: float = 5.0, workers: int = 1,
                         group: Callable[[dict[str, Any]], str] = lambda r: str(r["problem_id"])) -> dict[str, Any]:
-    """Benchmark metrics from graded per-sample records (only ``problem_ids`` when given)."""
+    """Benchmark metrics from graded per-sample records (only ``problem_ids`` when given).
+
+    Majority voting (cons@k) runs over ``workers`` processes when there are many problems.
+    """
+    from functools import partial
+
     from pipeline.grading import equivalent
 
     keep = set(problem_ids) if problem_ids is not None else None
@@ -176,8 +181,18 @@ def metrics_from_graded(records: Iterable[dict[str, Any]], pass_k: list[int], co
         if keep is not None and pid not in keep:
             continue
         by_problem.setdefault(pid, []).append(_as_sample(rec))
-    return benchmark_metrics(by_problem, pass_k=pass_k, cons_k=cons_k, bootstrap_resamples=bootstrap_resamples,
-                             seed=seed, same=lambda a, b: equivalent(a, b, timeout_s))
+    same = partial(equivalent, timeout_s=timeout_s)
+    workers = resolve_workers(workers)
+    if workers <= 1 or len(by_problem) < 64:
+        return benchmark_metrics(by_problem, pass_k=pass_k, cons_k=cons_k, bootstrap_resamples=bootstrap_resamples,
+                                 seed=seed, same=same)
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        return benchmark_metrics(by_problem, pass_k=pass_k, cons_k=cons_k, bootstrap_resamples=bootstrap_resamples,
+                                 seed=seed, same=same, map_fn=partial(pool.map, chunksize=8))
 
 
 # --------------------------------------------------------------------------- score-only mode
@@ -236,7 +251,7 @@ def score_inputs(inputs: list[str], output_path: str | Path, pass_k: list[int], 
         by_bench.setdefault(rec["benchmark"], []).append(rec)
     t0 = time.perf_counter()
     benchmarks = {name: metrics_from_graded(recs, pass_k, cons_k, bootstrap_resamples=bootstrap_resamples,
-                                            seed=seed, timeout_s=timeout_s)
+                                            seed=seed, timeout_s=timeout_s, workers=workers)
                   for name, recs in sorted(by_bench.items())}
     return {"benchmarks": benchmarks,
             "grading": {**stats, "metrics_seconds": time.perf_counter() - t0, "workers": resolve_workers(workers),

@@ -288,7 +288,7 @@ def run_one(cfg: EvalConfig, model: str, label: str, revision: str | None, out: 
         t = time.perf_counter()
         m = metrics_from_graded(load_graded(samples_path), cfg.pass_k, cfg.cons_k, problem_ids=answers,
                                 bootstrap_resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed,
-                                timeout_s=cfg.grading_timeout_s)
+                                timeout_s=cfg.grading_timeout_s, workers=workers)
         timing["metrics_s"] += time.perf_counter() - t
         n_req = spec.n or cfg.sampling.n
         m.update({"n": n_req, "source": spec.path, "samples_file": str(samples_path)})
