@@ -1,0 +1,129 @@
+"""The demo's report: filter funnel, Pass@1 table with 95% intervals, fault shares, one verdict sentence.
+
+Fault shares: the filter's style rules (``mixed_language``, ``redundancy``, ``code_block``) are run
+over every model's eval responses through the filter stage itself, so "faulty" means exactly what
+the filter would have removed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.records import write_text_atomic
+
+__all__ = ["STYLE_RULES", "fault_shares", "summarize", "verdict", "write_report", "console_summary"]
+
+STYLE_RULES = ("mixed_language", "redundancy", "code_block")
+BENCH = "demo_test"
+
+
+def _runs(eval_result: dict[str, Any]) -> list[dict[str, Any]]:
+    return eval_result["runs"] if "runs" in eval_result else [eval_result]
+
+
+def fault_shares(eval_result: dict[str, Any], style_filter: Callable[[list[str], Path], dict], out: Path) -> dict:
+    """``{label: {"responses", <rule>: count, "any": count}}`` over each model's eval responses."""
+    shares = {}
+    for i, run in enumerate(_runs(eval_result)):
+        gens = Path(run["benchmarks"][BENCH]["samples_file"]).parent / "generations"
+        rep = style_filter([str(gens)], out / f"model{i}")
+        rules = rep["rules"]
+        shares[run["label"]] = {"responses": rep["totals"]["input"], "any": rep["totals"]["rejected"],
+                                **{r: rules.get(r, {}).get("rejected", 0) for r in STYLE_RULES}}
+    return shares
+
+
+def _pass1(run: dict[str, Any]) -> tuple[float, float, float]:
+    m = run["benchmarks"][BENCH]
+    return float(m["pass@1"]), float(m["ci95"][0]), float(m["ci95"][1])
+
+
+def verdict(table: dict[str, tuple[float, float, float]], n_test: int) -> str:
+    """One sentence with the numbers: does the distilled student learn, and how close is it to the teacher?"""
+    t, u, s = table["teacher"][0], table["student (untrained)"][0], table["student SFT (filtered)"][0]
+    k = table.get("student KD (filtered)", (None,))[0]
+    gap = t - s
+    close = "within" if gap <= 10 else "not within"
+    kd = f"; the KD student scores {k:.1f}%" if k is not None else ""
+    return (f"On {n_test} held-out problems the SFT student distilled from filtered teacher traces scores "
+            f"{s:.1f}% Pass@1 against {u:.1f}% before training and {t:.1f}% for the teacher, {close} 10 points of "
+            f"the teacher ({gap:+.1f} points behind){kd}.")
+
+
+def summarize(config: dict, teacher: dict, filter_report: dict, students: dict, eval_result: dict, faults: dict,
+              world: dict, timings: dict) -> dict[str, Any]:
+    table = {run["label"]: _pass1(run) for run in _runs(eval_result)}
+    rules = filter_report["rules"]
+    return {
+        "pass1": {k: {"pass@1": v[0], "ci95": [v[1], v[2]]} for k, v in table.items()},
+        "verdict": verdict(table, world["test"]),
+        "filter": {"totals": filter_report["totals"],
+                   "rejected_by_rule": {r: v.get("rejected", 0) for r, v in rules.items() if v.get("rejected")},
+                   "output_dir": filter_report.get("output_dir")},
+        "faults": faults,
+        "teacher": {k: teacher.get(k) for k in ("key", "model_dir", "traces", "faulty_traces", "final_loss", "steps",
+                                                "train_s", "cached")},
+        "students": {k: {"model_dir": v.get("model_dir"), "steps": v.get("steps"), "final_loss": v.get("final_loss")}
+                     for k, v in students.items()},
+        "world": world,
+        "timings_s": timings,
+        "comparison": eval_result.get("comparison"),
+        "config": config,
+    }
+
+
+def write_report(summary: dict[str, Any], out: Path) -> dict[str, str]:
+    """``report.md`` + ``pass1.png`` + ``faults.png`` (+ a copy of the filter's ``funnel.png``) in ``out``."""
+    from pipeline.plots import bars_with_intervals
+
+    labels = list(summary["pass1"])
+    vals = [(v["pass@1"], v["ci95"][0], v["ci95"][1]) for v in summary["pass1"].values()]
+    bars_with_intervals(labels, {"Pass@1 (%)": vals}, out / "pass1.png",
+                        title="Pass@1 on the held-out demo problems (95% bootstrap interval)", ylabel="Pass@1 (%)")
+    f = summary["faults"]
+    series = {rule: [(100.0 * f[m][rule] / max(1, f[m]["responses"]),) * 3 for m in labels] for rule in STYLE_RULES}
+    bars_with_intervals(labels, series, out / "faults.png", title="Share of eval responses the style rules reject",
+                        ylabel="% of responses")
+    funnel = Path(summary["filter"].get("output_dir") or out / "filter") / "funnel.png"
+    if funnel.is_file() and funnel.resolve() != (out / "funnel.png").resolve():
+        shutil.copyfile(funnel, out / "funnel.png")
+
+    w, tot, tm = summary["world"], summary["filter"]["totals"], summary["timings_s"]
+    lines = ["# distill demo", "", f"**{summary['verdict']}**", "",
+             f"World: column addition/subtraction; the teacher learned from {w['teacher_train']} programmed traces "
+             f"({summary['teacher']['faulty_traces']} of them deliberately faulty), then answered {w['prompts']} "
+             f"generation prompts (+{w['leaked']} leaked held-out problems) for the students; {w['test']} held-out "
+             "problems score every model.", "",
+             "## Pass@1 on held-out problems", "", "| model | Pass@1 (%) | 95% interval |", "|---|---:|---|"]
+    for name, v in summary["pass1"].items():
+        lines.append(f"| {name} | {v['pass@1']:.1f} | [{v['ci95'][0]:.1f}, {v['ci95'][1]:.1f}] |")
+    lines += ["", "![Pass@1](pass1.png)", "", "## Filter funnel (teacher samples)", "",
+              f"{tot['input']} samples in, {tot['kept']} kept. Rejections by reason (a sample can fail several rules):", "",
+              "| reason | rejected |", "|---|---:|"]
+    lines += [f"| {r} | {n} |" for r, n in summary["filter"]["rejected_by_rule"].items()]
+    lines += ["", "![funnel](funnel.png)", "", "## Faulty outputs in each model's eval responses", "",
+              "The filter's style rules run over every model's eval responses:", "",
+              "| model | responses | " + " | ".join(STYLE_RULES) + " | any |", "|---|---:|" + "---:|" * (len(STYLE_RULES) + 1)]
+    for m in labels:
+        row = f[m]
+        cells = [f"{row[r]} ({100.0 * row[r] / max(1, row['responses']):.1f}%)" for r in (*STYLE_RULES, "any")]
+        lines.append(f"| {m} | {row['responses']} | " + " | ".join(cells) + " |")
+    lines += ["", "![faults](faults.png)", "", "## Time", "",
+              ", ".join(f"{k} {v:.0f} s" for k, v in tm.items()) + " (0 s: cached or already done).", ""]
+    write_text_atomic(out / "report.md", "\n".join(lines))
+    return {"markdown": str(out / "report.md"), "pass1_png": str(out / "pass1.png"),
+            "faults_png": str(out / "faults.png"), "funnel_png": str(out / "funnel.png")}
+
+
+def console_summary(summary: dict[str, Any]) -> str:
+    lines = ["", "distill demo: Pass@1 on held-out problems"]
+    for name, v in summary["pass1"].items():
+        fa = summary["faults"].get(name, {})
+        lines.append(f"  {name:26s} {v['pass@1']:5.1f}%  [{v['ci95'][0]:.1f}, {v['ci95'][1]:.1f}]   "
+                     f"faulty outputs {fa.get('any', 0)}/{fa.get('responses', 0)}")
+    lines += [summary["verdict"], f"report: {summary['report']['markdown']}  "
+              f"(total {summary['timings_s'].get('total', 0):.0f} s)"]
+    return "\n".join(lines)

@@ -1,0 +1,399 @@
+"""``distill demo``: the whole pipeline on a laptop CPU in minutes, really distilling.
+
+Steps (each through the stage's public ``run(cfg)``, the code path ``distill <stage>`` runs):
+
+1. world: column addition/subtraction problems (:mod:`pipeline.demo.world`), split into teacher
+   training problems, generation prompts and a held-out test split (disjoint, asserted); a few
+   test problems are deliberately leaked into the generation prompts (``world.leak_test_prompts``)
+   so decontamination has something to catch.
+2. teacher: a tiny Qwen2 trained from random weights by ``sft`` on programmed traces with a
+   controlled share of faults, cached across runs (:mod:`pipeline.demo.teacher`).
+3. ``generate`` (transformers backend, ``generate.n`` samples per prompt), ``filter`` (the R1 preset,
+   decontaminated against the demo's held-out split).
+4. students from random init (smaller, same tokenizer): ``sft`` on the kept traces, ``sft`` on the
+   unfiltered traces, ``kd`` on the kept traces with the teacher's logits.
+5. ``eval`` of teacher, untrained student and the three students on the held-out split, then the
+   filter's style rules over every model's eval responses (fault shares), then the report.
+
+Every step records a marker (``state/<step>.json``) with a hash of its settings; a rerun skips
+finished steps and resumes unfinished ones (the stages resume themselves), and redoes a step whose
+settings changed.
+
+    distill demo                  # the default run (under 10 minutes on 2 CPU cores)
+    distill demo --quick          # a smaller run for tests (about 3 minutes)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from pipeline.cliutil import add_stage_parser, config_from_args
+from pipeline.config import Section, StageConfig, parse_override
+
+__all__ = ["DemoConfig", "run", "register", "DEFAULT_QUICK"]
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# What --quick changes (the tests' setting): fewer problems, smaller and shorter trainings.
+DEFAULT_QUICK = [
+    "world.n_teacher_train=1500", "world.n_prompts=150", "world.n_test=100",
+    "teacher.train.steps=600", "student.train.steps=400", "eval.n=1",
+]
+
+
+class WorldConfig(Section):
+    """The synthetic task (see ``pipeline/demo/world.py``)."""
+
+    n_teacher_train: int = Field(3000, ge=10, description="problems with programmed traces the teacher learns from")
+    n_prompts: int = Field(400, ge=10, description="generation prompts the teacher answers for the students")
+    n_test: int = Field(200, ge=10, description="held-out problems (never in the training or generation prompts)")
+    min_digits: int = Field(3, ge=1, description="fewest digits of an operand")
+    max_digits: int = Field(3, ge=1, description="most digits of an operand")
+    ops: list[str] = Field(default_factory=lambda: ["+", "-"], description="operations: + and/or -")
+    fault_rate: float = Field(0.2, ge=0.0, lt=1.0, description="share of faulty teacher traces (equal parts of "
+                              "wrong_answer, repetition, code_block, mixed_language)")
+    leak_test_prompts: int = Field(6, ge=0, description="held-out problems leaked into the generation prompts "
+                                   "(decontamination must remove them)")
+
+
+class TrainSettings(Section):
+    steps: int = Field(800, ge=1, description="optimizer steps")
+    lr: float = Field(3e-3, gt=0, description="peak learning rate")
+    micro_batch_size: int = Field(4, ge=1, description="packed rows per step")
+    max_seq_len: int = Field(1024, ge=64, description="tokens per packed row")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="linear warmup share")
+
+
+class TeacherTrainSettings(TrainSettings):
+    steps: int = Field(1500, ge=1, description="optimizer steps")
+
+
+class TeacherConfig(Section):
+    hidden_size: int = Field(128, ge=8, description="hidden size")
+    num_layers: int = Field(4, ge=1, description="decoder layers")
+    num_heads: int = Field(4, ge=1, description="attention heads")
+    intermediate_size: int | None = Field(None, description="MLP width (default 2 x hidden)")
+    train: TeacherTrainSettings = Field(default_factory=TeacherTrainSettings, description="teacher training")
+
+
+class StudentConfig(Section):
+    hidden_size: int = Field(96, ge=8, description="hidden size")
+    num_layers: int = Field(3, ge=1, description="decoder layers")
+    num_heads: int = Field(3, ge=1, description="attention heads")
+    intermediate_size: int | None = Field(None, description="MLP width (default 2 x hidden)")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="each student's training")
+    kd_alpha: float = Field(0.5, ge=0, le=1, description="kd: weight of the KL term")
+    kd_temperature: float = Field(1.0, gt=0, description="kd: softmax temperature")
+
+
+class EvalSampling(Section):
+    n: int = Field(2, ge=1, description="samples per prompt")
+    temperature: float = Field(0.6, ge=0, description="sampling temperature")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus mass")
+    max_tokens: int = Field(192, ge=8, description="most generated tokens")
+    batch_size: int = Field(64, ge=1, description="prompts per transformers generate() call")
+
+
+class SamplingSettings(Section):
+    n: int = Field(4, ge=1, description="samples per prompt")
+    temperature: float = Field(0.6, ge=0, description="sampling temperature")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus mass")
+    max_tokens: int = Field(192, ge=8, description="most generated tokens")
+    batch_size: int = Field(64, ge=1, description="prompts per transformers generate() call")
+
+
+class DemoConfig(StageConfig):
+    """``distill demo`` settings (``configs/demo.yaml``)."""
+
+    output_dir: str = Field("runs/demo", description="everything the demo writes, except the teacher cache")
+    cache_dir: str | None = Field(None, description="teacher cache (default $DISTILL_CACHE/demo or ~/.cache/distill-r1/demo)")
+    seed: int = Field(0, description="seed of the world, the models and the sampling")
+    quick: bool = Field(False, description="use the `quick_overrides` (the --quick flag)")
+    quick_overrides: list[str] = Field(default_factory=lambda: list(DEFAULT_QUICK),
+                                       description="--set style KEY=VALUE items applied by --quick")
+    vocab_size: int = Field(400, ge=300, description="demo tokenizer vocabulary")
+    max_position_embeddings: int = Field(1024, ge=64, description="model context")
+    world: WorldConfig = Field(default_factory=WorldConfig, description="the synthetic task")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="teacher size and training")
+    student: StudentConfig = Field(default_factory=StudentConfig,
+                                   description="student size and training (all students alike)")
+    generate: SamplingSettings = Field(default_factory=SamplingSettings, description="teacher sampling for the corpus")
+    eval: EvalSampling = Field(default_factory=EvalSampling, description="eval sampling")
+    filter_preset: str = Field("configs/filter/r1.yaml", description="filter config (relative to cwd or the repo)")
+    workers: int = Field(1, ge=0, description="filter/grading worker processes (0 = all cores)")
+    progress: bool = Field(True, description="progress bars")
+
+
+def _apply_quick(cfg: DemoConfig) -> DemoConfig:
+    """``cfg`` with ``quick_overrides`` applied when ``quick`` is set (validated like ``--set``)."""
+    if not cfg.quick:
+        return cfg
+    from pipeline.config import load_config
+
+    data = cfg.model_dump()
+    overrides = list(cfg.quick_overrides)
+    data["quick_overrides"] = []
+    tmp_values = {}
+    for item in overrides:
+        key_path, value = parse_override(item)
+        tmp_values[".".join(key_path)] = value
+    return load_config(DemoConfig, None, values={**_flatten(data), **tmp_values})
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _Steps:
+    """Markers ``state/<name>.json`` = {hash, result}; a changed hash clears the step's folder and redoes it."""
+
+    def __init__(self, out: Path):
+        self.dir = out / "state"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.timings: dict[str, float] = {}
+
+    def run(self, name: str, settings: Any, fn, folder: Path | None = None) -> Any:
+        from pipeline.records import write_json_atomic
+
+        h = _hash(settings)
+        marker = self.dir / f"{name}.json"
+        if marker.is_file():
+            saved = json.loads(marker.read_text())
+            if saved.get("hash") == h:
+                log.info("demo: %s already done (state/%s.json)", name, name)
+                self.timings[name] = 0.0
+                return saved["result"]
+            marker.unlink()
+            if folder is not None and folder.exists():
+                log.info("demo: %s settings changed; redoing it from scratch", name)
+                shutil.rmtree(folder)
+        elif folder is not None and folder.exists() and (self.dir / f"{name}.hash").is_file() and \
+                (self.dir / f"{name}.hash").read_text() != h:
+            shutil.rmtree(folder)  # an unfinished run with other settings: stages would refuse to resume it
+        (self.dir / f"{name}.hash").write_text(h)
+        t = time.perf_counter()
+        result = fn()
+        self.timings[name] = round(time.perf_counter() - t, 1)
+        write_json_atomic(marker, {"hash": h, "result": result, "elapsed_s": self.timings[name]})
+        return result
+
+
+def _resolve(path: str) -> Path | None:
+    p = Path(path)
+    for cand in ([p] if p.is_absolute() else [Path.cwd() / p, REPO_ROOT / p]):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def run(cfg: DemoConfig) -> dict[str, Any]:
+    """Run the demo; return the summary (also ``<output_dir>/summary.json``, report in ``report.md``)."""
+    from pipeline.demo import report as R
+    from pipeline.demo.teacher import ensure_teacher, init_model_dir
+    from pipeline.demo.world import make_splits, write_prompts
+    from pipeline.records import read_jsonl, write_json_atomic
+
+    cfg = _apply_quick(cfg)
+    t_start = time.perf_counter()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = _Steps(out)
+    w = cfg.world
+
+    # 1. world
+    train, test = make_splits(w.n_teacher_train + w.n_prompts, w.n_test, seed=cfg.seed, min_digits=w.min_digits,
+                              max_digits=w.max_digits, ops=w.ops)
+    teacher_train, gen_problems = train[:w.n_teacher_train], train[w.n_teacher_train:]
+    leaked = test[:min(w.leak_test_prompts, len(test))]
+    data_dir = out / "data"
+    test_path = write_prompts(test, data_dir / "test.jsonl")
+    prompts_path = write_prompts(gen_problems + leaked, data_dir / "prompts.jsonl")
+    log.info("demo world: %d teacher-training problems, %d generation prompts (+%d leaked test problems), "
+             "%d held-out test problems", len(teacher_train), len(gen_problems), len(leaked), len(test))
+
+    # 2. teacher (cached)
+    t = time.perf_counter()
+    teacher = ensure_teacher(cfg, teacher_train, teacher_train + gen_problems)
+    steps.timings["teacher"] = 0.0 if teacher["cached"] else round(time.perf_counter() - t, 1)
+    teacher_dir = teacher["model_dir"]
+
+    # 3. generate + filter
+    from pipeline.generate.config import GenerateConfig, SamplingConfig, TransformersConfig
+    from pipeline.generate.stage import run as generate_run
+    from pipeline.prompts import PromptSourceConfig
+
+    g = cfg.generate
+    gen_cfg = GenerateConfig(
+        model=teacher_dir, backend="transformers",
+        input=PromptSourceConfig(path=str(prompts_path), problem_column="problem", answer_column="answer",
+                                 id_column="id", require_answer=True),
+        force_think=True,
+        sampling=SamplingConfig(n=g.n, temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens,
+                                seed=cfg.seed),
+        output_dir=str(out / "generate"), batch_size=max(g.batch_size, 256), progress=cfg.progress,
+        transformers=TransformersConfig(device="cpu", dtype="float32", batch_size=g.batch_size))
+    steps.run("generate", [gen_cfg.model_dump(), teacher["key"]], lambda: _jsonable(generate_run(gen_cfg)),
+              folder=out / "generate")
+
+    filt_cfg = _filter_config(cfg, inputs=[str(out / "generate")], output=out / "filter",
+                              benchmarks=[str(test_path.resolve())])
+    filter_report = steps.run("filter", [filt_cfg.model_dump(), teacher["key"]],
+                              lambda: _jsonable(_filter_run(filt_cfg)), folder=out / "filter")
+    kept = out / "filter" / "kept.jsonl"
+    kept_rows = read_jsonl(kept)
+    if not kept_rows:
+        raise RuntimeError(f"{kept}: the filter kept none of the teacher's {filter_report['totals']['input']} samples "
+                           "(see filter/report.md); the teacher needs more training (teacher.train.steps)")
+    kept_prompts = {r.get("prompt_id") for r in kept_rows}
+    leaked_kept = sorted(kept_prompts & {p.id for p in test})
+    assert not leaked_kept, f"held-out problems survived decontamination: {leaked_kept[:5]}"
+
+    # 4. students
+    s = cfg.student
+    init_dir = init_model_dir(teacher["tokenizer_dir"], out / "models" / "student_init", hidden_size=s.hidden_size,
+                              num_layers=s.num_layers, num_heads=s.num_heads, intermediate_size=s.intermediate_size,
+                              max_position_embeddings=cfg.max_position_embeddings, seed=cfg.seed + 1)
+    unfiltered = sorted(str(p) for p in (out / "generate").glob("shard-*.jsonl"))
+    students = {}
+    for name, data, kd in (("sft", [str(kept)], False), ("sft_unfiltered", unfiltered, False),
+                           ("kd", [str(kept)], True)):
+        train_cfg = _student_config(cfg, str(init_dir), data, out / "train" / name, teacher_dir if kd else None)
+        students[name] = steps.run(f"train_{name}", [train_cfg.model_dump(), teacher["key"]],
+                                   lambda c=train_cfg, k=kd: _train(c, k), folder=out / "train" / name)
+
+    # 5. eval + fault shares + report
+    from pipeline.evaluate.stage import EvalConfig, ModelSpec, run as eval_run
+    from pipeline.evaluate.benchmarks import BenchmarkSpec
+
+    models = [ModelSpec(model=teacher_dir, label="teacher"),
+              ModelSpec(model=str(init_dir), label="student (untrained)"),
+              ModelSpec(model=students["sft"]["model_dir"], label="student SFT (filtered)"),
+              ModelSpec(model=students["kd"]["model_dir"], label="student KD (filtered)"),
+              ModelSpec(model=students["sft_unfiltered"]["model_dir"], label="student SFT (unfiltered)")]
+    e = cfg.eval
+    eval_cfg = EvalConfig(
+        models=models, backend="transformers",
+        benchmarks=[BenchmarkSpec(name="demo_test", path=str(test_path.resolve()), problem_column="problem",
+                                  answer_column="answer", id_column="id")],
+        sampling=SamplingConfig(n=e.n, temperature=e.temperature, top_p=e.top_p, max_tokens=e.max_tokens,
+                                seed=cfg.seed),
+        pass_k=[1], output_dir=str(out / "eval"), batch_size=max(256, e.batch_size), grading_workers=cfg.workers,
+        bootstrap_seed=cfg.seed, progress=cfg.progress, hf_fallback=False,
+        transformers=TransformersConfig(device="cpu", dtype="float32", batch_size=e.batch_size))
+    eval_result = steps.run("eval", [eval_cfg.model_dump(), teacher["key"],
+                                     {k: v.get("final_loss") for k, v in students.items()}],
+                            lambda: _jsonable(eval_run(eval_cfg)), folder=out / "eval")
+    faults = steps.run("faults", [eval_result.get("comparison"), _filter_config(cfg, [], out, []).model_dump()],
+                       lambda: R.fault_shares(eval_result, lambda i, o: _style_filter(cfg, i, o), out / "faults"),
+                       folder=out / "faults")
+
+    summary = R.summarize(cfg.model_dump(), teacher, filter_report, students, eval_result, faults,
+                          world={"teacher_train": len(teacher_train), "prompts": len(gen_problems),
+                                 "leaked": len(leaked), "test": len(test)},
+                          timings={**steps.timings, "total": round(time.perf_counter() - t_start, 1)})
+    summary["report"] = R.write_report(summary, out)
+    write_json_atomic(out / "summary.json", summary)
+    print(R.console_summary(summary))
+    return summary
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _filter_config(cfg: DemoConfig, inputs: list[str], output: Path, benchmarks: list[str]):
+    from filters.stage import FilterConfig
+    from pipeline.config import load_config
+
+    preset = _resolve(cfg.filter_preset)
+    values = {"inputs": inputs, "output_dir": str(output), "workers": cfg.workers, "decontam.benchmarks": benchmarks}
+    if preset is None:
+        log.warning("demo: filter preset %s not found; using the FilterConfig defaults", cfg.filter_preset)
+        return load_config(FilterConfig, None, values=values)
+    return load_config(FilterConfig, preset, values=values)
+
+
+def _filter_run(filt_cfg) -> dict:
+    from filters.stage import run as filter_run
+
+    return filter_run(filt_cfg)
+
+
+def _style_filter(cfg: DemoConfig, inputs: list[str], output: Path) -> dict:
+    """The filter's style rules only (mixed language, redundancy, code blocks) over eval responses."""
+    filt = _filter_config(cfg, inputs, output, [])
+    off = {"enabled": False}
+    update = {k: getattr(filt, k).model_copy(update=off) for k in
+              ("format", "truncation", "length", "paragraphs", "answer", "dedup", "decontam")}
+    filt = filt.model_copy(update={**update, "overwrite": True, "progress": False} if "progress" in
+                           type(filt).model_fields else {**update, "overwrite": True})
+    return _filter_run(filt)
+
+
+def _student_config(cfg: DemoConfig, init_dir: str, data: list[str], out: Path, teacher: str | None):
+    s = cfg.student
+    common = dict(model=init_dir, data=data, output_dir=str(out), max_seq_len=s.train.max_seq_len, packing=True,
+                  micro_batch_size=s.train.micro_batch_size, grad_accum=1, max_steps=s.train.steps, lr=s.train.lr,
+                  warmup_ratio=s.train.warmup_ratio, min_lr_ratio=0.05, adam_betas=(0.9, 0.98), dtype="fp32",
+                  seed=cfg.seed, save_every=max(50, s.train.steps // 4), keep_checkpoints=1, resume=True,
+                  log_every=10, progress=cfg.progress)
+    if teacher is None:
+        from pipeline.train.sft import SFTConfig
+
+        return SFTConfig(**common)
+    from pipeline.train.kd import KDConfig
+
+    return KDConfig(**common, teacher=teacher, teacher_dtype="fp32", kd_loss="forward_kl",
+                    kd_alpha=s.kd_alpha, kd_temperature=s.kd_temperature)
+
+
+def _train(train_cfg, kd: bool) -> dict:
+    if kd:
+        from pipeline.train.kd import run as kd_run
+
+        return _jsonable(kd_run(train_cfg))
+    from pipeline.train.sft import run as sft_run
+
+    return _jsonable(sft_run(train_cfg))
+
+
+FLAGS = {
+    "--output": ("output_dir", str, "output folder (default runs/demo)"),
+    "--quick": ("quick", "store_true", "the smaller setting used by the tests (about 3 minutes)"),
+    "--cache-dir": ("cache_dir", str, "teacher cache folder"),
+}
+
+
+def _main(args) -> int:
+    if args.config is None:
+        default = _resolve("configs/demo.yaml")
+        args.config = str(default) if default else None
+    run(config_from_args(DemoConfig, args, FLAGS))
+    return 0
+
+
+def register(sub) -> None:
+    p = add_stage_parser(sub, "demo", DemoConfig, "The whole pipeline on a CPU in minutes: a tiny teacher trained "
+                         "here, generate, filter, SFT/KD students, Pass@1 report.", FLAGS)
+    p.set_defaults(func=_main)
+
