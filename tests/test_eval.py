@@ -40,6 +40,7 @@ def test_short_names_resolve_to_the_shared_files(shared_data, monkeypatch):
         assert len(probs) == rows
         assert len({p.id for p in probs}) == rows and all(p.answer for p in probs)
     assert load_problems("MATH-500", hf_fallback=False)[0].id == "test/precalculus/807.json"
+    assert resolve_spec("MATH-500", hf_fallback=False).name == "math500"  # aliases share one key and folder
     assert load_problems(BenchmarkSpec(name="aime2024", limit=5), hf_fallback=False)[0].answer == "204"
 
 
@@ -101,7 +102,7 @@ def test_eval_config_validation():
     assert cfg.force_think and cfg.system_prompt is None and cfg.template == "math"
     assert isinstance(cfg.benchmarks[1], BenchmarkSpec) and cfg.benchmarks[1].n == 8
     with pytest.raises(ValueError, match="duplicate"):
-        EvalConfig(model="m", benchmarks=["math500", "math500"])
+        EvalConfig(model="m", benchmarks=["math500", "MATH-500"])
 
 
 def test_eval_configs_in_repo_load():

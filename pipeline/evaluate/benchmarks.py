@@ -121,11 +121,11 @@ def resolve_spec(item: str | BenchmarkSpec | dict[str, Any], hf_fallback: bool =
     for d in data_dirs():
         f = d / known.file
         if f.is_file():
-            return spec.model_copy(update={"path": str(f), "id_column": spec.id_column or known.id_column})
+            return spec.model_copy(update={"name": key, "path": str(f), "id_column": spec.id_column or known.id_column})
     if not hf_fallback:
         raise ConfigError(f"benchmarks: {spec.name}: {known.file} not found in "
                           f"{', '.join(str(d) for d in data_dirs())} (set DISTILL_DATA_DIR or give a path)")
-    return spec.model_copy(update={"path": known.hf, "split": known.hf_split, "problem_column": known.hf_problem,
+    return spec.model_copy(update={"name": key, "path": known.hf, "split": known.hf_split, "problem_column": known.hf_problem,
                                    "answer_column": known.hf_answer,
                                    "id_column": spec.id_column or known.id_column})
 

@@ -34,7 +34,7 @@ from pydantic import Field, model_validator
 
 from pipeline.cliutil import add_config_arguments, add_stage_parser, config_from_args
 from pipeline.config import ConfigError, Section, StageConfig, describe_fields, load_config
-from pipeline.evaluate.benchmarks import BenchmarkSpec, load_problems, resolve_spec
+from pipeline.evaluate.benchmarks import BenchmarkSpec, canonical_name, load_problems, resolve_spec
 from pipeline.generate.config import OpenAIConfig, SamplingConfig, TransformersConfig, VLLMConfig
 from pipeline.records import write_json_atomic
 
@@ -97,7 +97,8 @@ class EvalConfig(StageConfig):
             raise ValueError("give either `model` or `models`, not both")
         if not self.benchmarks:
             raise ValueError("benchmarks: empty list")
-        names = [b if isinstance(b, str) else b.name for b in self.benchmarks]
+        names = [canonical_name(b) if isinstance(b, str) else b.name if b.path else canonical_name(b.name)
+                 for b in self.benchmarks]
         if len(set(names)) != len(names):
             raise ValueError(f"benchmarks: duplicate names in {names}")
         if any(k < 1 for k in self.pass_k):
