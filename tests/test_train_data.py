@@ -211,3 +211,12 @@ def test_packed_loss_equals_unpacked_loss(tmp_path, tok, tiny_model_dir):
     # without position-id resets (plain causal attention across samples) the losses would differ
     leaky = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1]).expand_as(packed["input_ids"]))
     assert not torch.allclose(per_token(leaky)[corpus.keys[bins[0][1]]], b[corpus.keys[bins[0][1]]], atol=1e-3)
+
+
+def test_parallel_rendering_equals_serial(tmp_path, tok):
+    data = tmp_path / "kept.jsonl"
+    write_corpus(data, 150)
+    serial = D.render_corpus(cfg_for(tmp_path, data, max_seq_len=150), tok, CHATML_TEMPLATE)
+    par = D.render_corpus(cfg_for(tmp_path, data, max_seq_len=150, data_workers=2), tok, CHATML_TEMPLATE)
+    assert par.keys == serial.keys and serial.dropped_too_long == par.dropped_too_long > 0
+    assert np.array_equal(par.ids, serial.ids) and np.array_equal(par.trained, serial.trained)

@@ -40,6 +40,7 @@ class TrainConfig(StageConfig):
                                         "or 'hf:NAME' for a hub dataset")
     data_split: str = Field("train", description="split for 'hf:' datasets")
     max_samples: int = Field(0, ge=0, description="use at most this many samples (0 = all)")
+    data_workers: int = Field(1, ge=1, description="processes that render + tokenize the data (once, then cached)")
     output_dir: str = Field(..., description="run folder: checkpoints/, final/, metrics.jsonl, summary.json")
 
     # batch shape

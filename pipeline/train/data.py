@@ -233,27 +233,64 @@ def _cache_key(cfg: Any, tokenizer: Any, template: str) -> str:
     return h.hexdigest()[:20]
 
 
+_WORKER: dict[str, Any] = {}  # per worker process: its Renderer (set by the pool initializer)
+
+
+def _init_worker(tokenizer: Any, template: str) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _WORKER["renderer"] = Renderer(tokenizer, template)
+
+
+def _render_chunk(chunk: list[tuple[str, list[dict], tuple[str, int]]]) -> list[tuple[str, list[int], list[bool], tuple[str, int]]]:
+    r = _WORKER["renderer"]
+    return [(key, *r.render(msgs, where), where) for key, msgs, where in chunk]
+
+
+def _chunks(rows: Iterator, size: int) -> Iterator[list]:
+    buf = []
+    for row in rows:
+        buf.append(row)
+        if len(buf) == size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
 def render_corpus(cfg: Any, tokenizer: Any, template: str, progress: bool = False) -> Corpus:
+    """Render and tokenize every sample, in order; ``data_workers`` > 1 uses a process pool."""
     renderer = Renderer(tokenizer, template)
     ids_parts, tr_parts, offsets, keys = [], [], [0], []
     dropped = 0
     rows = load_conversations(cfg.data, cfg.data_split, cfg.max_samples)
+    workers = int(getattr(cfg, "data_workers", 1) or 1)
+    pool = None
+    if workers > 1:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(tokenizer, template))
+        rendered = (x for chunk in pool.imap(_render_chunk, _chunks(rows, 64)) for x in chunk)
+    else:
+        rendered = ((key, *renderer.render(msgs, where), where) for key, msgs, where in rows)
     if progress:
         from tqdm.auto import tqdm
 
-        rows = tqdm(rows, desc="render + tokenize", unit="sample")
-    for key, msgs, where in rows:
-        ids, trained = renderer.render(msgs, where)
-        if len(ids) > cfg.max_seq_len:
-            dropped += 1
-            continue
-        if not any(trained):
-            raise RecordError(where[0], where[1], "no trained tokens after rendering (empty assistant turn?)",
-                              field="messages")
-        ids_parts.append(np.asarray(ids, dtype=np.int32))
-        tr_parts.append(np.asarray(trained, dtype=bool))
-        offsets.append(offsets[-1] + len(ids))
-        keys.append(key)
+        rendered = tqdm(rendered, desc="render + tokenize", unit="sample")
+    try:
+        for key, ids, trained, where in rendered:
+            if len(ids) > cfg.max_seq_len:
+                dropped += 1
+                continue
+            if not any(trained):
+                raise RecordError(where[0], where[1], "no trained tokens after rendering (empty assistant turn?)",
+                                  field="messages")
+            ids_parts.append(np.asarray(ids, dtype=np.int32))
+            tr_parts.append(np.asarray(trained, dtype=bool))
+            offsets.append(offsets[-1] + len(ids))
+            keys.append(key)
+    finally:
+        if pool is not None:
+            pool.terminate()
     if not keys:
         raise ConfigError(f"data {cfg.data}: no usable samples ({dropped} longer than max_seq_len={cfg.max_seq_len})")
     if dropped:
