@@ -69,8 +69,9 @@ class WorldConfig(Section):
 class TrainSettings(Section):
     steps: int = Field(800, ge=1, description="optimizer steps")
     lr: float = Field(3e-3, gt=0, description="peak learning rate")
-    micro_batch_size: int = Field(4, ge=1, description="packed rows per step")
-    max_seq_len: int = Field(1024, ge=64, description="tokens per packed row")
+    micro_batch_size: int = Field(16, ge=1, description="rows (samples, or packed rows) per step")
+    max_seq_len: int = Field(256, ge=64, description="longest sample / tokens per packed row")
+    packing: bool = Field(False, description="pack samples into rows (off: short samples attend cheaper padded)")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="linear warmup share")
 
 
@@ -352,7 +353,7 @@ def _style_filter(cfg: DemoConfig, inputs: list[str], output: Path) -> dict:
 
 def _student_config(cfg: DemoConfig, init_dir: str, data: list[str], out: Path, teacher: str | None):
     s = cfg.student
-    common = dict(model=init_dir, data=data, output_dir=str(out), max_seq_len=s.train.max_seq_len, packing=True,
+    common = dict(model=init_dir, data=data, output_dir=str(out), max_seq_len=s.train.max_seq_len, packing=s.train.packing,
                   micro_batch_size=s.train.micro_batch_size, grad_accum=1, max_steps=s.train.steps, lr=s.train.lr,
                   warmup_ratio=s.train.warmup_ratio, min_lr_ratio=0.05, adam_betas=(0.9, 0.98), dtype="fp32",
                   seed=cfg.seed, save_every=max(50, s.train.steps // 4), keep_checkpoints=1, resume=True,

@@ -123,7 +123,7 @@ def _train_teacher(cfg, root: Path, key: str, parts: dict, train_problems: list,
              sum(1 for r in corpus if r["meta"]["fault"]), root)
     summary = sft_run(SFTConfig(
         model=str(init), data=[str(data)], output_dir=str(root / "train"), max_seq_len=tc.train.max_seq_len,
-        packing=True, micro_batch_size=tc.train.micro_batch_size, grad_accum=1, max_steps=tc.train.steps,
+        packing=tc.train.packing, micro_batch_size=tc.train.micro_batch_size, grad_accum=1, max_steps=tc.train.steps,
         lr=tc.train.lr, warmup_ratio=tc.train.warmup_ratio, min_lr_ratio=0.05, adam_betas=(0.9, 0.98),
         dtype="fp32", seed=cfg.seed, save_every=max(50, tc.train.steps // 4), keep_checkpoints=1, resume=True,
         log_every=10, progress=cfg.progress))
