@@ -230,7 +230,7 @@ def generate(cfg: GenerateConfig, backend: Backend | None = None, make_backend: 
     owned = backend is None
     run_samples = run_tokens = 0
     gen_s = 0.0
-    retries_before = getattr(backend, "retries", 0)
+    retries = 0
     with ShardWriter(path, key=sample_key) as writer:
         todo = [(p, tuple(k for k in range(n) if (p.id, k) not in writer.done)) for p in mine]
         todo = [(p, ks) for p, ks in todo if ks]
@@ -240,6 +240,7 @@ def generate(cfg: GenerateConfig, backend: Backend | None = None, make_backend: 
         if todo:
             if backend is None:
                 backend = make_backend(cfg)
+            retries_before = getattr(backend, "retries", 0)  # openai: requests retried (read only once loaded)
             t_gen = time.perf_counter()
             bar = _progress(remaining, cfg.progress, f"generate {cfg.shard_name()}")
             try:
@@ -272,6 +273,7 @@ def generate(cfg: GenerateConfig, backend: Backend | None = None, make_backend: 
                     bar.set_postfix_str(f"{run_tokens / elapsed:,.0f} tok/s", refresh=False)
             finally:
                 gen_s = time.perf_counter() - t_gen
+                retries = getattr(backend, "retries", 0) - retries_before
                 bar.close()
                 if owned and backend is not None:
                     backend.close()
@@ -291,7 +293,7 @@ def generate(cfg: GenerateConfig, backend: Backend | None = None, make_backend: 
                      "generate_s": round(gen_s, 3),
                      "samples_per_s": run_samples / gen_s if gen_s else 0.0,
                      "tokens_per_s": run_tokens / gen_s if gen_s else 0.0,
-                     "retries": getattr(backend, "retries", 0) - retries_before},
+                     "retries": retries},
         "teacher": {"model": cfg.model, "revision": cfg.revision}, "backend": cfg.backend,
         "sampling": cfg.sampling.model_dump(),
     })
