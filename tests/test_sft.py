@@ -239,3 +239,15 @@ def test_shipped_configs_load():
     kinds = {load_config_from_file(str(f)).distributed_type.value
              for f in (REPO / "configs" / "accelerate").glob("*.yaml")}
     assert {"NO", "MULTI_GPU", "FSDP", "DEEPSPEED"} <= kinds
+
+
+def test_bf16_autocast_checkpointing_and_padded_batches(tmp_path, tiny_model_dir, corpus):
+    """The other execution paths: bf16 autocast, gradient checkpointing, no packing (attention mask)."""
+    import math
+
+    cfg, _ = make_cfg(tmp_path, tiny_model_dir, "bf16", corpus, dtype="bf16", gradient_checkpointing=True,
+                      packing=False, max_steps=3)
+    s = run(cfg)
+    assert s["mixed_precision"] == "bf16" and not s["packing"] and s["steps"] == 3
+    assert math.isfinite(s["final_loss"]) and s["final_loss"] > 0
+    assert s["padding_fraction"] > 0  # right-padded micro-batches

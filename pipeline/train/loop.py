@@ -127,8 +127,14 @@ def _mixed_precision(cfg: TrainConfig) -> str | None:
 
 def make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import ProjectConfiguration
 
+    # Stages run one after another in one process (the demo: teacher sft, then student sft/kd) may
+    # differ in precision and accumulation; Accelerate keeps those in process-wide singletons, so
+    # reset them. The process group (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     kwargs: dict[str, Any] = {"gradient_accumulation_steps": cfg.grad_accum,
                               "project_config": ProjectConfiguration(project_dir=cfg.output_dir)}
     mp = _mixed_precision(cfg)
