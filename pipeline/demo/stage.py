@@ -192,6 +192,7 @@ class _Steps:
                 (self.dir / f"{name}.hash").read_text() != h:
             shutil.rmtree(folder)  # an unfinished run with other settings: stages would refuse to resume it
         (self.dir / f"{name}.hash").write_text(h)
+        log.info("demo: %s ...", name)
         t = time.perf_counter()
         result = fn()
         self.timings[name] = round(time.perf_counter() - t, 1)

@@ -116,8 +116,9 @@ def make_splits(n_train: int, n_test: int, seed: int = 0, min_digits: int = 3, m
 def _columns(p: Problem, wrong_column: int | None = None) -> tuple[list[str], str]:
     """The per-column lines and the digit string read back (``wrong_column`` miscomputes one column).
 
-    Every column line has the same shape, ``"<place>: xOPyOPc=s, write d, carry|borrow c'."``,
-    so the step a model has to learn is the same in every column.
+    Every column line has the same shape, ``"<place>: xOPy=f, fOPc=s[, s+10=t], write d, carry|borrow c'."``:
+    one two-operand fact, then the carry/borrow applied on its own, so each token a model predicts
+    needs one small table lookup or a copy, and the step is the same in every column.
     """
     width = max(len(str(p.a)), len(str(p.b)))
     da, db = str(p.a).zfill(width)[::-1], str(p.b).zfill(width)[::-1]
@@ -125,11 +126,15 @@ def _columns(p: Problem, wrong_column: int | None = None) -> tuple[list[str], st
     lines, digits, carry = [], [], 0
     for i in range(width):
         x, y = int(da[i]), int(db[i])
-        s = x + y + carry if p.op == "+" else x - y - carry
+        first = x + y if p.op == "+" else x - y
+        s = first + carry if p.op == "+" else first - carry
         digit, new = s % 10, (s // 10 if p.op == "+" else int(s < 0))
         if i == wrong_column:
             digit = (digit + 1) % 10
-        lines.append(f"{_PLACES[i]}: {x}{p.op}{y}{p.op}{carry}={s}, write {digit}, {word} {new}.")
+        steps = f"{x}{p.op}{y}={first}, {first}{p.op}{carry}={s}"
+        if p.op == "-" and s < 0:
+            steps += f", {s}+10={s + 10}"
+        lines.append(f"{_PLACES[i]}: {steps}, write {digit}, {word} {new}.")
         digits.append(str(digit))
         carry = new
     if p.op == "+" and carry:
