@@ -75,15 +75,17 @@ def init_model_dir(tokenizer_dir: str | Path, out_dir: str | Path, *, hidden_siz
     return out
 
 
-def ensure_teacher(cfg: Any, train_problems: list, all_problems: list) -> dict[str, Any]:
+def ensure_teacher(cfg: Any, train_problems: list) -> dict[str, Any]:
     """Return the cached teacher's record (``model_dir``, ``tokenizer_dir``, ``key``, ...), training it if absent.
 
     ``cfg`` is the demo config (``pipeline.demo.stage.DemoConfig``).
     """
     from pipeline.demo.world import teacher_corpus, tokenizer_texts
 
-    parts = {"world": cfg.world.model_dump(), "vocab_size": cfg.vocab_size, "teacher": cfg.teacher.model_dump(),
-             "seed": cfg.seed}
+    # what determines the teacher: not the generation prompts nor the leak (they come after its problems)
+    world = cfg.world.model_dump(exclude={"n_prompts", "leak_test_prompts"})
+    parts = {"world": world, "vocab_size": cfg.vocab_size, "teacher": cfg.teacher.model_dump(), "seed": cfg.seed,
+             "max_position_embeddings": cfg.max_position_embeddings}
     key = teacher_key(parts)
     root = cache_root(cfg.cache_dir) / f"teacher-{key}"
     done = root / "teacher.json"
@@ -97,12 +99,12 @@ def ensure_teacher(cfg: Any, train_problems: list, all_problems: list) -> dict[s
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second demo run waits here, then finds teacher.json
         if done.is_file():
             return {**json.loads(done.read_text()), "cached": True}
-        return {**_train_teacher(cfg, root, key, parts, train_problems, all_problems,
-                                 teacher_corpus, tokenizer_texts), "cached": False}
+        return {**_train_teacher(cfg, root, key, parts, train_problems, teacher_corpus, tokenizer_texts),
+                "cached": False}
 
 
-def _train_teacher(cfg, root: Path, key: str, parts: dict, train_problems: list, all_problems: list,
-                   teacher_corpus, tokenizer_texts) -> dict[str, Any]:
+def _train_teacher(cfg, root: Path, key: str, parts: dict, train_problems: list, teacher_corpus,
+                   tokenizer_texts) -> dict[str, Any]:
     from pipeline.tiny import train_tokenizer
     from pipeline.train.sft import SFTConfig, run as sft_run
 
@@ -111,7 +113,7 @@ def _train_teacher(cfg, root: Path, key: str, parts: dict, train_problems: list,
     tok_dir = root / "tokenizer"
     if not (tok_dir / "tokenizer.json").is_file():
         # The tokenizer sees prompts and traces of the teacher's training problems only (never the test split).
-        train_tokenizer(tokenizer_texts(all_problems), vocab_size=cfg.vocab_size).save_pretrained(tok_dir)
+        train_tokenizer(tokenizer_texts(train_problems), vocab_size=cfg.vocab_size).save_pretrained(tok_dir)
     corpus = teacher_corpus(train_problems, cfg.world.fault_rate, seed=cfg.seed)
     data = root / "corpus.jsonl"
     if not data.is_file():
