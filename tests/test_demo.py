@@ -21,9 +21,9 @@ def test_config_file_loads_and_quick_shrinks_it():
     assert cfg.world.n_test >= 100 and cfg.filter_preset == "configs/filter/r1.yaml"
     assert _apply_quick(cfg) is cfg  # quick off: unchanged
     quick = _apply_quick(cfg.model_copy(update={"quick": True}))
-    assert quick.teacher.train.steps < cfg.teacher.train.steps
+    assert quick.student.train.steps < cfg.student.train.steps
     assert quick.world.n_prompts < cfg.world.n_prompts
-    assert quick.teacher.hidden_size == cfg.teacher.hidden_size  # untouched keys stay
+    assert quick.teacher == cfg.teacher  # one cached teacher serves both settings
     assert [o.split("=")[0] for o in cfg.quick_overrides] == [o.split("=")[0] for o in DEFAULT_QUICK]
 
 
