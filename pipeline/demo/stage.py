@@ -68,7 +68,7 @@ class TrainSettings(Section):
     steps: int = Field(700, ge=1, description="optimizer steps")
     lr: float = Field(3e-3, gt=0, description="peak learning rate")
     micro_batch_size: int = Field(16, ge=1, description="rows (samples, or packed rows) per step")
-    max_seq_len: int = Field(256, ge=64, description="longest sample / tokens per packed row")
+    max_seq_len: int = Field(320, ge=64, description="longest sample / tokens per packed row")
     packing: bool = Field(False, description="pack samples into rows (off: short samples attend cheaper padded)")
     warmup_ratio: float = Field(0.02, ge=0, lt=1, description="linear warmup share")
 
@@ -99,7 +99,7 @@ class EvalSampling(Section):
     n: int = Field(2, ge=1, description="samples per prompt")
     temperature: float = Field(0.6, ge=0, description="sampling temperature")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus mass")
-    max_tokens: int = Field(192, ge=8, description="most generated tokens")
+    max_tokens: int = Field(320, ge=8, description="most generated tokens")
     batch_size: int = Field(64, ge=1, description="prompts per transformers generate() call")
 
 
@@ -107,7 +107,7 @@ class SamplingSettings(Section):
     n: int = Field(3, ge=1, description="samples per prompt")
     temperature: float = Field(0.6, ge=0, description="sampling temperature")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus mass")
-    max_tokens: int = Field(192, ge=8, description="most generated tokens")
+    max_tokens: int = Field(320, ge=8, description="most generated tokens")
     batch_size: int = Field(64, ge=1, description="prompts per transformers generate() call")
 
 

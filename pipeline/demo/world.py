@@ -43,9 +43,7 @@ _WORDINGS = {
           "A shop had {a} pens and sold {b}. How many pens are left?"),
 }
 # Inserted by the "mixed_language" fault: whole Chinese sentences (the R1 paper's language-mixing case).
-_CHINESE = ("我们先把每一位上的数字对齐，然后从个位开始计算。",
-            "这一步需要特别注意进位和借位的问题。",
-            "让我再仔细检查一下刚才的计算结果。")
+_CHINESE = ("我们从个位开始逐位计算。", "这一步要注意进位和借位。", "让我再检查一下计算结果。")
 
 
 @dataclass(frozen=True)
@@ -169,8 +167,9 @@ def faulty_trace(p: Problem, fault: str, rng: random.Random) -> str:
         lines, digits = _columns(p, wrong_column=rng.randrange(len(lines) - (1 if "last carry" in lines[-1] else 0)))
         return _assemble(p, lines, digits)
     if fault == "repetition":
-        para = f"Let me check the {_PLACES[0]} column again.\n{lines[0]}"
-        return _assemble(p, lines, digits, extra_think="\n\n".join([para] * 5))
+        # one paragraph of >= 40 characters pasted back once (what the redundancy rule's line test targets)
+        para = f"Let me check the {_PLACES[0]} column again: {lines[0]}"
+        return _assemble(p, lines, digits, extra_think="\n\n".join([para] * 2))
     if fault == "code_block":
         code = f"```python\nprint({p.a} {p.op} {p.b})\n```"
         return _assemble(p, lines, digits, extra_think=f"I can also check it with code:\n{code}")
