@@ -266,7 +266,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                            "(see filter/report.md); the teacher needs more training (teacher.train.steps)")
     kept_prompts = {r.get("prompt_id") for r in kept_rows}
     leaked_kept = sorted(kept_prompts & {p.id for p in test})
-    assert not leaked_kept, f"held-out problems survived decontamination: {leaked_kept[:5]}"
+    if leaked_kept:
+        raise RuntimeError(f"{kept}: held-out problems survived decontamination: {leaked_kept[:5]}")
 
     # 4. students
     s = cfg.student
