@@ -46,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # What --quick changes (the tests' setting): fewer problems, smaller and shorter trainings.
 # The teacher is left as it is, so --quick and the default run share one cached teacher.
-DEFAULT_QUICK = ["world.n_prompts=300", "generate.n=2", "student.train.steps=400", "eval.n=1"]
+DEFAULT_QUICK = ["world.n_prompts=300", "generate.n=2", "student.train.steps=800", "eval.n=1"]
 
 
 class WorldConfig(Section):
@@ -65,7 +65,7 @@ class WorldConfig(Section):
 
 
 class TrainSettings(Section):
-    steps: int = Field(700, ge=1, description="optimizer steps")
+    steps: int = Field(1500, ge=1, description="optimizer steps")
     lr: float = Field(3e-3, gt=0, description="peak learning rate")
     micro_batch_size: int = Field(16, ge=1, description="rows (samples, or packed rows) per step")
     max_seq_len: int = Field(320, ge=64, description="longest sample / tokens per packed row")
@@ -86,9 +86,9 @@ class TeacherConfig(Section):
 
 
 class StudentConfig(Section):
-    hidden_size: int = Field(96, ge=8, description="hidden size")
-    num_layers: int = Field(3, ge=1, description="decoder layers")
-    num_heads: int = Field(3, ge=1, description="attention heads")
+    hidden_size: int = Field(128, ge=8, description="hidden size")
+    num_layers: int = Field(2, ge=1, description="decoder layers")
+    num_heads: int = Field(4, ge=1, description="attention heads")
     intermediate_size: int | None = Field(None, description="MLP width (default 2 x hidden)")
     train: TrainSettings = Field(default_factory=TrainSettings, description="each student's training")
     kd_alpha: float = Field(0.5, ge=0, le=1, description="kd: weight of the KL term")
@@ -105,8 +105,8 @@ class EvalSampling(Section):
 
 class SamplingSettings(Section):
     n: int = Field(3, ge=1, description="samples per prompt")
-    temperature: float = Field(0.6, ge=0, description="sampling temperature")
-    top_p: float = Field(0.95, gt=0, le=1, description="nucleus mass")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus mass")
     max_tokens: int = Field(320, ge=8, description="most generated tokens")
     batch_size: int = Field(64, ge=1, description="prompts per transformers generate() call")
 
