@@ -3,8 +3,6 @@ generate -> filter -> sft -> kd -> eval test on real tiny models)."""
 
 from __future__ import annotations
 
-import os
-
 import json
 import re
 from pathlib import Path
@@ -42,8 +40,6 @@ def test_bad_keys_are_errors_naming_the_key(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("DISTILL_SLOW_TESTS") != "1",
-                    reason="the --quick demo trains its own teacher (minutes); set DISTILL_SLOW_TESTS=1 to run it")
 @pytest.mark.timeout(1500)
 def test_quick_demo_end_to_end(tmp_path):
     """The --quick demo: the SFT student clearly beats the untrained one on held-out problems, the
