@@ -53,7 +53,23 @@ class ModelSpec(Section):
     revision: str | None = Field(None, description="hub revision")
 
 
-class EvalConfig(StageConfig):
+class ScoringSettings(StageConfig):
+    """Grading and metric settings shared by ``distill eval`` and ``distill eval score``."""
+
+    pass_k: list[int] = Field(default_factory=lambda: [1, 4, 8, 16, 32, 64],
+                              description="k values for unbiased pass@k (those <= n are reported)")
+    cons_k: list[int] | None = Field(None, description="k values for cons@k (majority vote); null: pass_k; "
+                                     "cons@n is always reported")
+    require_think: bool = Field(True, description="a response without </think> is wrong (R1 protocol)")
+    grading_workers: int = Field(0, ge=0, description="grading processes (0: every core)")
+    grading_timeout_s: float = Field(5.0, gt=0, description="math-verify timeout per response; a timeout is wrong")
+    grading_batch: int = Field(2048, ge=1, description="responses graded per durable write (resume granularity)")
+    bootstrap_resamples: int = Field(1000, ge=10, description="bootstrap resamples for the 95% intervals")
+    bootstrap_seed: int = Field(0, description="seed of the bootstrap")
+    progress: bool = Field(True, description="show progress bars")
+
+
+class EvalConfig(ScoringSettings):
     """``distill eval``: generate k samples per problem with the generate stage's backends, grade, score."""
 
     model: str | None = Field(None, description="model to evaluate: local path (checkpoint) or hub name")
@@ -72,19 +88,8 @@ class EvalConfig(StageConfig):
     system_prompt: str | None = Field(None, description="system turn (R1 protocol: none)")
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n=4),
                                      description="R1 protocol: temperature 0.6, top-p 0.95, 32768 tokens, n = k samples")
-    pass_k: list[int] = Field(default_factory=lambda: [1, 4, 8, 16, 32, 64],
-                              description="k values for unbiased pass@k (those <= n are reported)")
-    cons_k: list[int] | None = Field(None, description="k values for cons@k (majority vote); null: pass_k; "
-                                     "cons@n is always reported")
-    require_think: bool = Field(True, description="a response without </think> is wrong (R1 protocol)")
     output_dir: str = Field("runs/eval", description="results folder (resumable)")
     batch_size: int = Field(256, ge=1, description="prompts per generation batch and durable write")
-    grading_workers: int = Field(0, ge=0, description="grading processes (0: every core)")
-    grading_timeout_s: float = Field(5.0, gt=0, description="math-verify timeout per response; a timeout is wrong")
-    grading_batch: int = Field(2048, ge=1, description="responses graded per durable write (resume granularity)")
-    bootstrap_resamples: int = Field(1000, ge=10, description="bootstrap resamples for the 95% intervals")
-    bootstrap_seed: int = Field(0, description="seed of the bootstrap")
-    progress: bool = Field(True, description="show progress bars")
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vllm backend")
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig, description="openai backend")
     transformers: TransformersConfig = Field(default_factory=TransformersConfig, description="transformers backend")
@@ -106,21 +111,12 @@ class EvalConfig(StageConfig):
         return self
 
 
-class ScoreConfig(StageConfig):
+class ScoreConfig(ScoringSettings):
     """``distill eval score``: grade existing responses (``answer`` + ``response`` or ``messages``)."""
 
     inputs: list[str] = Field(..., description="response files or folders (JSONL/JSON/Parquet)")
     output_dir: str | None = Field(None, description="results folder (default: <first input>_scored)")
     label: str | None = Field(None, description="display name (default: the first input's name)")
-    pass_k: list[int] = Field(default_factory=lambda: [1, 4, 8, 16, 32, 64], description="k values for pass@k")
-    cons_k: list[int] | None = Field(None, description="k values for cons@k (null: pass_k)")
-    require_think: bool = Field(True, description="a response without </think> is wrong")
-    grading_workers: int = Field(0, ge=0, description="grading processes (0: every core)")
-    grading_timeout_s: float = Field(5.0, gt=0, description="math-verify timeout per response")
-    grading_batch: int = Field(2048, ge=1, description="responses graded per durable write (resume granularity)")
-    bootstrap_resamples: int = Field(1000, ge=10, description="bootstrap resamples")
-    bootstrap_seed: int = Field(0, description="bootstrap seed")
-    progress: bool = Field(True, description="show a progress bar")
 
 
 # --------------------------------------------------------------------------- helpers
