@@ -58,11 +58,13 @@ class OpenAIConfig(Section):
 
 
 class TransformersConfig(Section):
-    """Hugging Face transformers ``generate`` (CPU or GPU; small models and tests)."""
+    """Hugging Face transformers models (CPU or GPU; small models and tests)."""
 
     device: str = Field("auto", description="cpu, cuda, cuda:1, ... (auto: cuda when available)")
     dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32")
     batch_size: int = Field(16, ge=1, description="prompts per generate() call")
+    fast_decode: bool = Field(True, description="the project's batched sampler (preallocated KV cache, finished "
+                                                "rows dropped) where the model allows it; false: model.generate")
 
 
 class GenerateConfig(StageConfig):

@@ -61,7 +61,7 @@ def make_backend(cfg: GenerateConfig) -> Any:
 
     t = cfg.transformers
     return TransformersBackend(cfg.model, revision=cfg.revision, device=t.device, dtype=t.dtype,
-                               batch_size=t.batch_size)
+                               batch_size=t.batch_size, fast_decode=t.fast_decode)
 
 
 def run(cfg: GenerateConfig, backend: Any = None) -> dict[str, Any]:
