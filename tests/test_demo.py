@@ -65,7 +65,16 @@ def test_quick_demo_end_to_end(tmp_path):
         text = r["messages"][-1]["content"]
         assert "```" not in text and not re.search(r"[\u4e00-\u9fff]", text)
 
+    # the fault probe (T=1): teacher and trained students answered every held-out problem, and the student
+    # trained on unfiltered traces repeats the teacher's faults more often than the one trained on kept traces
+    probe = summary["faults"]["probe"]
+    assert set(probe) == {"teacher", "student SFT (filtered)", "student KD (filtered)", "student SFT (unfiltered)"}
+    assert all(row["responses"] == summary["world"]["test"] * cfg.fault_probe.n for row in probe.values())
+    assert probe["student SFT (unfiltered)"]["any"] > probe["student SFT (filtered)"]["any"], probe
+    assert set(summary["faults"]["eval"]) == set(summary["pass1"])
+
     report = (out / "report.md").read_text(encoding="utf-8")
+    assert "fault probe" in report
     assert summary["verdict"] in report and "Pass@1" in report
     for png in ("pass1.png", "faults.png", "funnel.png"):
         assert (out / png).stat().st_size > 1000

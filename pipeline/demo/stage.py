@@ -65,7 +65,7 @@ class WorldConfig(Section):
 
 
 class TrainSettings(Section):
-    steps: int = Field(1500, ge=1, description="optimizer steps")
+    steps: int = Field(1200, ge=1, description="optimizer steps")
     lr: float = Field(3e-3, gt=0, description="peak learning rate")
     micro_batch_size: int = Field(16, ge=1, description="rows (samples, or packed rows) per step")
     max_seq_len: int = Field(320, ge=64, description="longest sample / tokens per packed row")
@@ -100,7 +100,7 @@ class EvalSampling(Section):
     temperature: float = Field(0.6, ge=0, description="sampling temperature")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus mass")
     max_tokens: int = Field(320, ge=8, description="most generated tokens")
-    batch_size: int = Field(64, ge=1, description="prompts per transformers generate() call")
+    batch_size: int = Field(128, ge=1, description="prompts per transformers generate() call")
 
 
 class SamplingSettings(Section):
@@ -108,7 +108,13 @@ class SamplingSettings(Section):
     temperature: float = Field(1.0, ge=0, description="sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus mass")
     max_tokens: int = Field(320, ge=8, description="most generated tokens")
-    batch_size: int = Field(64, ge=1, description="prompts per transformers generate() call")
+    batch_size: int = Field(128, ge=1, description="prompts per transformers generate() call")
+
+
+class FaultProbeSampling(SamplingSettings):
+    """Sampling of the fault probe: like the corpus (T=1, top-p 1), one sample per held-out problem."""
+
+    n: int = Field(1, ge=1, description="samples per held-out problem")
 
 
 class DemoConfig(StageConfig):
@@ -128,6 +134,10 @@ class DemoConfig(StageConfig):
                                    description="student size and training (all students alike)")
     generate: SamplingSettings = Field(default_factory=SamplingSettings, description="teacher sampling for the corpus")
     eval: EvalSampling = Field(default_factory=EvalSampling, description="eval sampling")
+    fault_probe: FaultProbeSampling = Field(
+        default_factory=FaultProbeSampling,
+        description="sampling of the fault probe: teacher and students answer the held-out problems like the "
+                    "corpus was sampled (T=1), and the filter's style rules count their faulty outputs")
     filter_preset: str = Field("configs/filter/r1.yaml", description="filter config (relative to cwd or the repo)")
     workers: int = Field(1, ge=0, description="filter/grading worker processes (0 = all cores)")
     progress: bool = Field(True, description="progress bars")
@@ -282,30 +292,29 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         students[name] = steps.run(f"train_{name}", [train_cfg.model_dump(), teacher["key"]],
                                    lambda c=train_cfg, k=kd: _train(c, k), folder=out / "train" / name)
 
-    # 5. eval + fault shares + report
-    from pipeline.evaluate.stage import EvalConfig, ModelSpec, run as eval_run
-    from pipeline.evaluate.benchmarks import BenchmarkSpec
+    # 5. eval, fault probe, fault shares, report
+    from pipeline.evaluate.stage import ModelSpec, run as eval_run
 
-    models = [ModelSpec(model=teacher_dir, label="teacher"),
-              ModelSpec(model=str(init_dir), label="student (untrained)"),
-              ModelSpec(model=students["sft"]["model_dir"], label="student SFT (filtered)"),
-              ModelSpec(model=students["kd"]["model_dir"], label="student KD (filtered)"),
-              ModelSpec(model=students["sft_unfiltered"]["model_dir"], label="student SFT (unfiltered)")]
-    e = cfg.eval
-    eval_cfg = EvalConfig(
-        models=models, backend="transformers",
-        benchmarks=[BenchmarkSpec(name="demo_test", path=str(test_path.resolve()), problem_column="problem",
-                                  answer_column="answer", id_column="id")],
-        sampling=SamplingConfig(n=e.n, temperature=e.temperature, top_p=e.top_p, max_tokens=e.max_tokens,
-                                seed=cfg.seed),
-        pass_k=[1], output_dir=str(out / "eval"), batch_size=max(256, e.batch_size), grading_workers=cfg.workers,
-        bootstrap_seed=cfg.seed, progress=cfg.progress, hf_fallback=False,
-        transformers=TransformersConfig(device="cpu", dtype="float32", batch_size=e.batch_size))
-    eval_result = steps.run("eval", [eval_cfg.model_dump(), teacher["key"],
-                                     {k: v.get("final_loss") for k, v in students.items()}],
-                            lambda: _jsonable(eval_run(eval_cfg)), folder=out / "eval")
-    faults = steps.run("faults", [eval_result.get("comparison"), _filter_config(cfg, [], out, []).model_dump()],
-                       lambda: R.fault_shares(eval_result, lambda i, o: _style_filter(cfg, i, o), out / "faults"),
+    teacher_spec = ModelSpec(model=teacher_dir, label="teacher")
+    trained = [ModelSpec(model=students["sft"]["model_dir"], label="student SFT (filtered)"),
+               ModelSpec(model=students["kd"]["model_dir"], label="student KD (filtered)"),
+               ModelSpec(model=students["sft_unfiltered"]["model_dir"], label="student SFT (unfiltered)")]
+    models_key = [teacher["key"], {k: v.get("final_loss") for k, v in students.items()}]
+    eval_cfg = _eval_config(cfg, [teacher_spec, ModelSpec(model=str(init_dir), label="student (untrained)"), *trained],
+                            cfg.eval, test_path, out / "eval")
+    eval_result = steps.run("eval", [eval_cfg.model_dump(), *models_key], lambda: _jsonable(eval_run(eval_cfg)),
+                            folder=out / "eval")
+    # The probe samples like the corpus was sampled (T=1): the teacher's rare fault branches, and whatever a
+    # student learned of them, show up there; R1's eval setting (T=0.6, top-p 0.95) cuts them away.
+    probe_cfg = _eval_config(cfg, [teacher_spec, *trained], cfg.fault_probe, test_path, out / "fault_probe")
+    probe_result = steps.run("fault_probe", [probe_cfg.model_dump(), *models_key],
+                             lambda: _jsonable(eval_run(probe_cfg)), folder=out / "fault_probe")
+    style_key = _filter_config(cfg, [], out, []).model_dump()
+    faults = steps.run("faults", [eval_result.get("comparison"), probe_result.get("comparison"), style_key],
+                       lambda: {"eval": R.fault_shares(eval_result, lambda i, o: _style_filter(cfg, i, o),
+                                                       out / "faults" / "eval"),
+                                "probe": R.fault_shares(probe_result, lambda i, o: _style_filter(cfg, i, o),
+                                                        out / "faults" / "probe")},
                        folder=out / "faults")
 
     summary = R.summarize(cfg.model_dump(), teacher, filter_report, students, eval_result, faults,
@@ -316,6 +325,24 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     write_json_atomic(out / "summary.json", summary)
     print(R.console_summary(summary))
     return summary
+
+
+def _eval_config(cfg: DemoConfig, models: list, sampling: SamplingSettings | EvalSampling, test_path: Path,
+                 output: Path):
+    """An ``eval`` config scoring ``models`` on the held-out split with ``sampling`` (transformers on CPU)."""
+    from pipeline.evaluate.benchmarks import BenchmarkSpec
+    from pipeline.evaluate.stage import EvalConfig
+    from pipeline.generate.config import SamplingConfig, TransformersConfig
+
+    return EvalConfig(
+        models=models, backend="transformers",
+        benchmarks=[BenchmarkSpec(name="demo_test", path=str(test_path.resolve()), problem_column="problem",
+                                  answer_column="answer", id_column="id")],
+        sampling=SamplingConfig(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                                max_tokens=sampling.max_tokens, seed=cfg.seed),
+        pass_k=[1], output_dir=str(output), batch_size=max(256, sampling.batch_size), grading_workers=cfg.workers,
+        bootstrap_seed=cfg.seed, progress=cfg.progress, hf_fallback=False,
+        transformers=TransformersConfig(device="cpu", dtype="float32", batch_size=sampling.batch_size))
 
 
 def _jsonable(obj: Any) -> Any:
@@ -362,16 +389,20 @@ def _student_config(cfg: DemoConfig, init_dir: str, data: list[str], out: Path, 
         from pipeline.train.sft import SFTConfig
 
         return SFTConfig(**common)
-    from pipeline.train.kd import KDConfig
+    from pipeline.train.kd import KDConfig, TopKCacheConfig
 
+    # The teacher runs once over the kept traces (`distill kd cache`: top-64 log-probs of a 400-token vocabulary
+    # plus the rest bucket), not once per step: the KD student then trains as fast as the SFT one.
     return KDConfig(**common, teacher=teacher, teacher_dtype="fp32", kd_loss="forward_kl",
-                    kd_alpha=s.kd_alpha, kd_temperature=s.kd_temperature)
+                    kd_alpha=s.kd_alpha, kd_temperature=s.kd_temperature, teacher_cache=str(out / "teacher_cache"),
+                    cache=TopKCacheConfig(k=64, logprob_dtype="float32", batch_size=32))
 
 
 def _train(train_cfg, kd: bool) -> dict:
     if kd:
-        from pipeline.train.kd import run as kd_run
+        from pipeline.train.kd import build_teacher_cache, run as kd_run
 
+        build_teacher_cache(train_cfg)
         return _jsonable(kd_run(train_cfg))
     from pipeline.train.sft import run as sft_run
 
