@@ -52,9 +52,19 @@ def _hf_greedy(model, enc, max_new, eos, pad):
     return rows
 
 
-def test_supports_full_attention_decoder(model_and_batch):
+def test_supports_full_attention_decoder_only(model_and_batch):
+    from types import SimpleNamespace
+
     model, _, _ = model_and_batch
     assert supports(model)
+    cfg = model.config.to_dict()
+    sliding = SimpleNamespace(config=SimpleNamespace(**{**cfg, "layer_types": ["sliding_attention", "full_attention"]}))
+    assert not supports(sliding)  # a sliding-window layer: model.generate handles it
+    no_types = {k: v for k, v in cfg.items() if k not in ("layer_types", "use_sliding_window")}
+    assert not supports(SimpleNamespace(config=SimpleNamespace(**{**no_types, "sliding_window": 4096})))
+    assert supports(SimpleNamespace(config=SimpleNamespace(**{**no_types, "sliding_window": 4096,
+                                                              "use_sliding_window": False})))
+    assert not supports(SimpleNamespace(config=SimpleNamespace(**{**cfg, "is_encoder_decoder": True})))
 
 
 @pytest.mark.parametrize("compact_ratio", [0.25, 1e-9])

@@ -34,12 +34,12 @@ def supports(model: Any) -> bool:
     cfg = getattr(model, "config", None)
     if cfg is None or getattr(cfg, "is_encoder_decoder", False):
         return False
+    if getattr(cfg, "num_hidden_layers", None) is None:
+        return False
     types = getattr(cfg, "layer_types", None)
-    if types is not None and any(t != "full_attention" for t in types):
-        return False
-    if getattr(cfg, "use_sliding_window", False) and getattr(cfg, "sliding_window", None):
-        return False
-    return getattr(cfg, "num_hidden_layers", None) is not None
+    if types is not None:  # authoritative where the config has it (Qwen2: full_attention unless use_sliding_window)
+        return all(t == "full_attention" for t in types)
+    return not (getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True))
 
 
 def _buffer_layer_class():
