@@ -20,7 +20,7 @@ Every step records a marker (``state/<step>.json``) with a hash of its settings;
 finished steps and resumes unfinished ones (the stages resume themselves), and redoes a step whose
 settings changed.
 
-    distill demo                  # the default run: 9.8 min on 2 CPU cores with the teacher cached;
+    distill demo                  # the default run: 9.6 min on 2 CPU cores with the teacher cached;
                                   # the first run also trains the teacher (6.5 min, once)
     distill demo --quick          # a smaller run for tests (about 3 minutes plus the teacher)
 """
@@ -88,7 +88,7 @@ class TeacherConfig(Section):
 
 
 class StudentConfig(Section):
-    hidden_size: int = Field(128, ge=8, description="hidden size")
+    hidden_size: int = Field(112, ge=8, description="hidden size")
     num_layers: int = Field(2, ge=1, description="decoder layers")
     num_heads: int = Field(4, ge=1, description="attention heads")
     intermediate_size: int | None = Field(None, description="MLP width (default 2 x hidden)")
