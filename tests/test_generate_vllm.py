@@ -23,6 +23,25 @@ from pipeline.records import read_jsonl
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _vllm_generate(tmp_path: Path, model: Path, prompts: Path, sampling: dict, **vllm: object):
+    """Write a vllm-backend generate config into ``tmp_path``; return ``(run, out)``: ``run(timeout)`` runs
+    ``distill generate`` in a subprocess with the vLLM-CPU settings of ../shared/STACK.md."""
+    out = tmp_path / "gen"
+    cfg = {"model": str(model), "backend": "vllm", "input": {"path": str(prompts)}, "output_dir": str(out),
+           "sampling": sampling, "progress": False,
+           "vllm": {"gpu_memory_utilization": 0.5, "max_model_len": 512, "enforce_eager": True, **vllm}}
+    cfg_path = tmp_path / "gen.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+           "VLLM_CACHE_ROOT": str(tmp_path / "vllm_cache"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    cmd = [sys.executable, "-m", "pipeline.cli", "generate", "--config", str(cfg_path)]
+
+    def run(timeout: int):
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+    return run, out
+
+
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_vllm_engine_generates_resumable_shards(tmp_path, tiny_model_dir):
@@ -30,16 +49,8 @@ def test_vllm_engine_generates_resumable_shards(tmp_path, tiny_model_dir):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"problem": "What is 12 + 30?", "answer": "42"}\n{"problem": "What is 7 * 6?"}\n'
                        '{"problem": "Compute 100 - 58.", "answer": "42"}\n', encoding="utf-8")
-    out = tmp_path / "gen"
-    cfg = {"model": str(tiny_model_dir), "backend": "vllm", "input": {"path": str(prompts)}, "output_dir": str(out),
-           "sampling": {"n": 3, "max_tokens": 24, "seed": 1}, "progress": False,
-           "vllm": {"gpu_memory_utilization": 0.5, "max_model_len": 512, "enforce_eager": True}}
-    cfg_path = tmp_path / "gen.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-           "VLLM_CACHE_ROOT": str(tmp_path / "vllm_cache"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
-    cmd = [sys.executable, "-m", "pipeline.cli", "generate", "--config", str(cfg_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    run, out = _vllm_generate(tmp_path, tiny_model_dir, prompts, {"n": 3, "max_tokens": 24, "seed": 1})
+    proc = run(420)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     rows = read_jsonl(out / "shard-00000-of-00001.jsonl")
@@ -63,7 +74,7 @@ def test_vllm_engine_generates_resumable_shards(tmp_path, tiny_model_dir):
     assert (out / "stats.json").is_file() and (out / "lengths.png").is_file()
 
     # Rerunning the finished shard loads no engine and writes nothing new.
-    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    again = run(120)
     assert again.returncode == 0, again.stderr[-3000:]
     assert read_jsonl(out / "shard-00000-of-00001.jsonl") == rows
     assert "0 to generate" in again.stderr and "EngineCore" not in again.stderr
@@ -78,17 +89,9 @@ def test_vllm_data_parallel_two_real_engines(tmp_path, tiny_model_dir):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"problem": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1)}) + "\n"
                                for i in range(6)), encoding="utf-8")
-    out = tmp_path / "gen"
-    cfg = {"model": str(tiny_model_dir), "backend": "vllm", "input": {"path": str(prompts)}, "output_dir": str(out),
-           "sampling": {"n": 2, "max_tokens": 16, "seed": 1}, "progress": False,
-           "vllm": {"gpu_memory_utilization": 0.5, "max_model_len": 512, "enforce_eager": True,
-                    "data_parallel_size": 2}}
-    cfg_path = tmp_path / "gen.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-           "VLLM_CACHE_ROOT": str(tmp_path / "vllm_cache"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
-    cmd = [sys.executable, "-m", "pipeline.cli", "generate", "--config", str(cfg_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
+    run, out = _vllm_generate(tmp_path, tiny_model_dir, prompts, {"n": 2, "max_tokens": 16, "seed": 1},
+                              data_parallel_size=2)
+    proc = run(480)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     shards = sorted(out.glob("shard-*-of-00002.jsonl"))
@@ -99,6 +102,6 @@ def test_vllm_data_parallel_two_real_engines(tmp_path, tiny_model_dir):
     for d in (0, 1):  # each replica ran its own engine
         assert "Initializing a V1 LLM engine" in (out / ".replicas" / f"replica-{d}.log").read_text(errors="replace")
 
-    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    again = run(240)
     assert again.returncode == 0, again.stderr[-3000:]
     assert [r for s in shards for r in read_jsonl(s)] == rows
