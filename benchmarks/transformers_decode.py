@@ -26,18 +26,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def _random_model(vocab: int):
-    import torch
-
-    from pipeline.tiny import build_model, train_tokenizer
+    from pipeline.tiny import build_model, scramble_weights, train_tokenizer
 
     tok = train_tokenizer(vocab_size=vocab)
-    model = build_model(tok, hidden_size=128, num_layers=4, num_heads=4, seed=0)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.15)
-    return model.eval(), tok
+    return scramble_weights(build_model(tok, hidden_size=128, num_layers=4, num_heads=4, seed=0)).eval(), tok
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["CHATML_TEMPLATE", "SPECIAL_TOKENS", "train_tokenizer", "build_model", "build_tiny_model"]
+__all__ = ["CHATML_TEMPLATE", "SPECIAL_TOKENS", "train_tokenizer", "build_model", "build_tiny_model",
+           "scramble_weights"]
 
 # ChatML, as Qwen2 ships it, with the ``add_generation_prompt`` turn opener. Keeps the assistant
 # content verbatim (including ``<think>`` blocks); the ``{% generation %}`` markers let
@@ -93,6 +94,21 @@ def build_model(tokenizer, hidden_size: int = 128, num_layers: int = 2, num_head
     model = Qwen2ForCausalLM(cfg)
     model.generation_config.eos_token_id = cfg.eos_token_id
     model.generation_config.pad_token_id = cfg.pad_token_id
+    return model
+
+
+def scramble_weights(model, std: float = 0.15, seed: int = 0):
+    """Redraw every weight matrix of ``model`` from N(0, std^2), in place; returns the model.
+
+    A default-init random model repeats one token forever; at std 0.15 it writes varied text, so
+    sampled rows end at different steps (what the decoder tests and benchmarks need)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
     return model
 
 

@@ -16,12 +16,9 @@ def chaotic_model_dir(tiny_model_dir, tmp_path_factory):
     forever, this one writes varied text, so rows end at different steps."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.15)
+    from pipeline.tiny import scramble_weights
+
+    model = scramble_weights(AutoModelForCausalLM.from_pretrained(tiny_model_dir), std=0.15, seed=0)
     out = tmp_path_factory.mktemp("chaotic")
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)

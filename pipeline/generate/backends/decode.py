@@ -24,6 +24,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 __all__ = ["BufferLayer", "supports", "sample_batch"]
@@ -42,6 +43,7 @@ def supports(model: Any) -> bool:
     return not (getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True))
 
 
+@functools.cache
 def _buffer_layer_class():
     from transformers.cache_utils import DynamicLayer
 
