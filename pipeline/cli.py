@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.config import ConfigError
+from pipeline.errors import UserError
 from pipeline.records import RecordError
 
 # subcommand -> module exposing register(subparsers). Modules that are not importable yet (a
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         result = args.func(args)
-    except (ConfigError, RecordError) as exc:
+    except (ConfigError, RecordError, UserError) as exc:
         print(f"distill {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
