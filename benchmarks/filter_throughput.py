@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     import os
 
     from filters.runner import _Worker, process_line, run_filter
-    from filters.stage import FilterConfig
+    from filters.config import FilterConfig
     from pipeline.config import load_config
 
     root = Path(__file__).resolve().parents[1]
@@ -254,8 +254,8 @@ def main(argv=None) -> int:
         slow = [obvious_checks(json.loads(raw), cfg) for raw in lines[:nb]]
         slow_rps = nb / (time.process_time() - t)
 
-    agree = sum(1 for f, s in zip(fast[:nb], slow) if bool(f[3]) == bool(s))
-    rej = Counter(r for f in fast for r in f[3])
+    agree = sum(1 for f, s in zip(fast[:nb], slow) if bool(f.failed) == bool(s))
+    rej = Counter(r for f in fast for r in f.failed)
     print(f"rules 1-8 rejected {report['totals']['rejected']} / {report['totals']['input']}: "
           + ", ".join(f"{k} {v}" for k, v in sorted(rej.items())))
     load = os.getloadavg()[0]

@@ -4,24 +4,42 @@ One pass per record: :func:`parse` splits the assistant response into reasoning 
 once, and every rule reads the same :class:`Parsed` object (datatrove style: one rule per class,
 one reason code per rule, counters kept by the runner, never by the rule).
 
-A rule answers two questions:
+Every rule class carries what the rest of the stage derives from it (see :mod:`filters.registry`
+for the one table of rules, in run order):
+
+* ``key``: its config section and its module (``filters/<key>.py``, ``<key>:`` in the YAML);
+* ``Config``: the config section class (a :class:`~pipeline.config.Section` with ``enabled``);
+* ``reason`` (a per-record rule) or ``reasons`` (a corpus rule): the reason code(s) written into
+  ``reject_reasons`` and the report;
+* ``style``: a style rule (judged on model outputs by the demo's fault probe).
+
+A per-record :class:`Rule` answers two questions:
 
 * ``applies(p)``: is the record in scope (e.g. the code-block rule skips ``domain: code``)? Records
   out of scope are not counted as *checked*.
 * ``check(p)``: ``None`` when the record passes, else a short human-readable detail (the measured
   value and the threshold) that lands in ``reject_details`` next to the reason code.
 
-A rule may also record a sub-status in ``p.notes[rule.name]`` (e.g. the grader's status), which the
-runner tallies into the report.
+A rule may also record a note in ``p.notes[rule.reason]`` (e.g. the grader's status; a
+comma-separated list counts each item), which the runner tallies; the rule's ``note_summary`` and
+``note_line`` turn the tally into report.json fields and a report.md line.
+
+A :class:`CorpusRule` judges a record against the records kept before it (dedup): the workers
+compute a ``signature`` per record, the main process holds the rule's state (saved with the run's
+checkpoint) and calls ``check`` then ``admit`` on records that passed every per-record rule.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-__all__ = ["Parsed", "Rule", "parse", "THINK_OPEN", "THINK_CLOSE", "estimate_tokens", "DEFAULT_DOMAIN"]
+from pipeline.config import Section
+
+__all__ = ["Parsed", "BaseRule", "Rule", "CorpusRule", "parse", "THINK_OPEN", "THINK_CLOSE", "estimate_tokens",
+           "DEFAULT_DOMAIN"]
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 DEFAULT_DOMAIN = "math"  # a record without ``domain`` is a math record (the issue's contract)
@@ -120,13 +138,65 @@ def estimate_tokens(text: str) -> int:
     return (n - non_ascii + 3) // 4 + non_ascii
 
 
-class Rule:
-    """One filter rule: a reason code, a scope test and a check. Stateless after construction."""
+class BaseRule:
+    """What every rule declares: its config section, reason codes and role (see the module docstring)."""
 
-    name: str = "rule"
+    key: ClassVar[str] = ""
+    Config: ClassVar[type[Section]] = Section
+    reasons: ClassVar[tuple[str, ...]] = ()
+    style: ClassVar[bool] = False
+
+    @classmethod
+    def enabled_reasons(cls, section: Any) -> tuple[str, ...]:
+        """The reason codes this rule can write under ``section`` (none when it is off)."""
+        return cls.reasons if section.enabled else ()
+
+    @classmethod
+    def note_summary(cls, notes: Counter[str]) -> dict[str, Any]:
+        """Extra report.json fields for this rule from its tallied notes (none by default)."""
+        return {}
+
+    @classmethod
+    def note_line(cls, entry: dict[str, Any]) -> str | None:
+        """An extra report.md sentence from this rule's report.json entry (none by default)."""
+        return None
+
+
+class Rule(BaseRule):
+    """A per-record rule: one reason code, a scope test and a check. Stateless after construction."""
+
+    reason: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.reasons = (cls.reason,)
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
 
     def applies(self, p: Parsed) -> bool:
         return True
 
     def check(self, p: Parsed) -> str | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class CorpusRule(BaseRule):
+    """A rule over the kept corpus so far; its state lives in the main process and in checkpoints."""
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+        self.active = self.enabled_reasons(cfg)
+
+    @classmethod
+    def signature(cls, p: Parsed, cfg: Any) -> Any:  # pragma: no cover - interface
+        """What ``check`` needs of one record, computed in a worker process (picklable)."""
+        raise NotImplementedError
+
+    def check(self, sig: Any) -> dict[str, str]:  # pragma: no cover - interface
+        """``{reason: detail}`` for each of its reasons the record fails (empty: it passes)."""
+        raise NotImplementedError
+
+    def admit(self, sig: Any, kept_index: int) -> None:  # pragma: no cover - interface
+        """Record a kept record (one that passed every rule) in the rule's state."""
         raise NotImplementedError

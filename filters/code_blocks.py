@@ -1,4 +1,4 @@
-"""Rule 6, ``code_block``: code in a math or science trace (code tasks keep theirs).
+"""Rule ``code_block``: code in a math or science trace (code tasks keep theirs).
 
 R1's cleaning dropped chains of thought with code blocks: for math the student should reason in
 prose and LaTeX, not emit programs it cannot run. Detected:
@@ -32,7 +32,7 @@ _CODEISH = re.compile(r"^\s*(?:def |class |return\b|import |from \w+ import|prin
 
 
 class CodeBlockRule(Rule):
-    name = "code_block"
+    key, reason, Config, style = "code_blocks", "code_block", CodeBlockConfig, True
 
     def __init__(self, cfg: CodeBlockConfig):
         self.domains = set(cfg.domains)

@@ -1,4 +1,4 @@
-"""Rule 10, ``contaminated``: the prompt shares a word n-gram with a benchmark problem.
+"""Rule ``contaminated``: the prompt shares a word n-gram with a benchmark problem.
 
 The standard decontamination test (GPT-3 / open-r1 style): lowercase, split on non-word characters,
 and flag a prompt that shares any ``n``-word sequence with a benchmark problem. ``n`` = 13 is the
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import Section
 
@@ -106,7 +108,7 @@ class BenchmarkIndex:
 
 
 class DecontamRule(Rule):
-    name = "contaminated"
+    key, reason, Config = "decontam", "contaminated", DecontamConfig
 
     def __init__(self, cfg: DecontamConfig):
         self.index = BenchmarkIndex(cfg.benchmarks, cfg.n)
@@ -121,5 +123,19 @@ class DecontamRule(Rule):
             self._cache[p.prompt] = hits
         if not hits:
             return None
-        p.notes[self.name] = ",".join(hits)
+        p.notes[self.reason] = ",".join(hits)
         return f"shares a {self.index.n}-word span with {', '.join(hits[:5])}" + (" ..." if len(hits) > 5 else "")
+
+    @classmethod
+    def note_summary(cls, notes: Counter[str]) -> dict[str, Any]:
+        """Hits per benchmark file and per benchmark item (``stem:line``)."""
+        per_bench: Counter[str] = Counter()
+        for item, n in notes.items():
+            per_bench[item.split(":")[0]] += n
+        return {"benchmark_hits": dict(sorted(per_bench.items())), "items_hit": dict(sorted(notes.items()))}
+
+    @classmethod
+    def note_line(cls, entry: dict[str, Any]) -> str | None:
+        if not entry.get("benchmark_hits"):
+            return None
+        return "Decontamination hits per benchmark: " + ", ".join(f"{k} {v}" for k, v in entry["benchmark_hits"].items()) + "."

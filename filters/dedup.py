@@ -1,4 +1,4 @@
-"""Rule 9: corpus-level duplicates, ``duplicate`` (exact), ``near_duplicate`` (MinHash LSH) and
+"""Rule ``dedup``: corpus-level duplicates, ``duplicate`` (exact), ``near_duplicate`` (MinHash LSH) and
 ``prompt_cap`` (at most ``max_per_prompt`` kept samples per prompt).
 
 Duplicates are judged among records that pass every per-record rule, in input order, so the copy
@@ -15,7 +15,7 @@ kept from each cluster is the first *good* one (a wrong first sample does not ev
 * cap: ``max_per_prompt`` kept samples per ``prompt_id`` (or prompt text when there is none);
   ``null`` = no cap.
 
-Signatures are computed in the worker processes (:func:`signature_of`); the index lives in the
+Signatures are computed in the worker processes (:meth:`DedupRule.signature`); the index lives in the
 main process and is saved with the run's checkpoint so a resumed run keeps deduplicating correctly.
 """
 
@@ -28,9 +28,9 @@ from typing import Any
 
 from pipeline.config import Section
 
-from filters.base import Parsed
+from filters.base import CorpusRule, Parsed
 
-__all__ = ["DedupConfig", "Deduplicator", "signature_of", "Signature"]
+__all__ = ["DedupConfig", "DedupRule", "Signature"]
 
 _WS = re.compile(r"\s+")
 Signature = tuple[int | None, Any, str]  # (exact digest, minhash hashvalues | None, prompt key)
@@ -72,7 +72,7 @@ def minhash_values(text: str, num_perm: int, shingle_words: int):
     return m.hashvalues
 
 
-def signature_of(p: Parsed, cfg: DedupConfig) -> Signature:
+def _signature(p: Parsed, cfg: DedupConfig) -> Signature:
     exact = None
     if cfg.exact:
         h = hashlib.blake2b(digest_size=8)
@@ -86,11 +86,26 @@ def signature_of(p: Parsed, cfg: DedupConfig) -> Signature:
     return exact, near, prompt_key
 
 
-class Deduplicator:
-    """The corpus-level index (main process). ``check`` lists failed rules; ``admit`` records a kept one."""
+class DedupRule(CorpusRule):
+    """The corpus-level index (main process). ``check`` lists failed reasons; ``admit`` records a kept one."""
+
+    key, Config = "dedup", DedupConfig
+    reasons = ("duplicate", "near_duplicate", "prompt_cap")
+    cfg: DedupConfig
+
+    @classmethod
+    def enabled_reasons(cls, section: DedupConfig) -> tuple[str, ...]:
+        if not section.enabled:
+            return ()
+        on = {"duplicate": section.exact, "near_duplicate": section.near, "prompt_cap": section.max_per_prompt is not None}
+        return tuple(r for r in cls.reasons if on[r])
+
+    @classmethod
+    def signature(cls, p: Parsed, cfg: DedupConfig) -> Signature:
+        return _signature(p, cfg)
 
     def __init__(self, cfg: DedupConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.exact: set[int] = set()
         self.per_prompt: dict[str, int] = {}
         self.lsh = None
@@ -102,49 +117,38 @@ class Deduplicator:
             # (precision): LSH tuned at 0.9 itself misses ~25% of pairs at Jaccard 0.945.
             self.lsh = MinHashLSH(threshold=max(0.3, cfg.threshold - 0.2), num_perm=cfg.num_perm)
 
-    def rules(self) -> list[str]:
-        out = []
-        if self.cfg.exact:
-            out.append("duplicate")
-        if self.cfg.near:
-            out.append("near_duplicate")
-        if self.cfg.max_per_prompt is not None:
-            out.append("prompt_cap")
-        return out
-
     def _minhash(self, values):
         from datasketch import LeanMinHash
 
         return LeanMinHash(seed=1, hashvalues=values, scheme="affine32")
 
-    def check(self, sig: Signature) -> tuple[dict[str, str], Any]:
-        """``({reason: detail}, minhash)`` for one record that passed every per-record rule."""
+    def check(self, sig: Signature) -> dict[str, str]:
+        """``{reason: detail}`` for one record that passed every per-record rule."""
         exact, near, prompt_key = sig
         failed: dict[str, str] = {}
-        m = None
         if self.cfg.exact and exact is not None and exact in self.exact:
             failed["duplicate"] = "same normalised prompt and response as an earlier kept record"
-        if self.lsh is not None and near is not None:
+        if self.lsh is not None and near is not None and not failed:  # an exact copy is trivially near too
+            # LSH candidates are probabilistic; confirm each with the signatures' Jaccard estimate
             m = self._minhash(near)
-            if not failed:  # an exact copy is trivially near too; report it once
-                # LSH candidates are probabilistic; confirm each with the signatures' Jaccard estimate
-                best, best_j = None, 0.0
-                for key in self.lsh.query(m):
-                    j = float((self.signatures[key] == m.hashvalues).mean())
-                    if j > best_j:
-                        best, best_j = key, j
-                if best is not None and best_j >= self.cfg.threshold:
-                    failed["near_duplicate"] = f"estimated Jaccard {best_j:.2f} >= {self.cfg.threshold} with kept record #{best}"
+            best, best_j = None, 0.0
+            for key in self.lsh.query(m):
+                j = float((self.signatures[key] == m.hashvalues).mean())
+                if j > best_j:
+                    best, best_j = key, j
+            if best is not None and best_j >= self.cfg.threshold:
+                failed["near_duplicate"] = f"estimated Jaccard {best_j:.2f} >= {self.cfg.threshold} with kept record #{best}"
         cap = self.cfg.max_per_prompt
         if cap is not None and self.per_prompt.get(prompt_key, 0) >= cap:
             failed["prompt_cap"] = f"prompt already has {cap} kept samples"
-        return failed, m
+        return failed
 
-    def admit(self, sig: Signature, m: Any, kept_index: int) -> None:
-        exact, _, prompt_key = sig
+    def admit(self, sig: Signature, kept_index: int) -> None:
+        exact, near, prompt_key = sig
         if exact is not None:
             self.exact.add(exact)
-        if self.lsh is not None and m is not None:
+        if self.lsh is not None and near is not None:
+            m = self._minhash(near)
             self.lsh.insert(kept_index, m)
             self.signatures[kept_index] = m.hashvalues
         if self.cfg.max_per_prompt is not None:

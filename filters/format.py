@@ -1,4 +1,4 @@
-"""Rule 1, ``format``: one well-formed think block and a usable final answer.
+"""Rule ``format``: one well-formed think block and a usable final answer.
 
 Rejects unless all hold:
 * exactly one ``<think>`` and one ``</think>``, the response opens with ``<think>`` and closes it;
@@ -23,7 +23,7 @@ class FormatConfig(Section):
 
 
 class FormatRule(Rule):
-    name = "format"
+    key, reason, Config = "format", "format", FormatConfig
 
     def __init__(self, cfg: FormatConfig):
         self.answer_domains = set(cfg.answer_domains)

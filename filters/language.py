@@ -1,4 +1,4 @@
-"""Rule 3, ``mixed_language``: Han and Latin script mixed in one trace, or a reply in the wrong language.
+"""Rule ``mixed_language``: Han and Latin script mixed in one trace, or a reply in the wrong language.
 
 DeepSeek-R1 (sec. 2.3.2) found its RL traces mixing languages and dropped them from the SFT data.
 What counts (after removing LaTeX/math, code, URLs and digits, which are language-neutral):
@@ -74,7 +74,7 @@ def script_counts(text: str) -> tuple[int, int]:
 
 
 class LanguageRule(Rule):
-    name = "mixed_language"
+    key, reason, Config, style = "language", "mixed_language", LanguageConfig, True
 
     def __init__(self, cfg: LanguageConfig):
         self.cfg = cfg

@@ -1,4 +1,4 @@
-"""Rule 7, ``length``: a trace too short to teach anything or too long to train on.
+"""Rule ``length``: a trace too short to teach anything or too long to train on.
 
 Completion length comes, in order of preference, from the record's ``num_tokens.completion`` (what
 the generator counted), the teacher tokenizer (``tokenizer``: a local path or hub id, loaded once per
@@ -29,7 +29,7 @@ class LengthConfig(Section):
 
 
 class LengthRule(Rule):
-    name = "length"
+    key, reason, Config = "length", "length", LengthConfig
 
     def __init__(self, cfg: LengthConfig):
         self.cfg = cfg

@@ -1,4 +1,4 @@
-"""Rule 5, ``long_paragraph``: a paragraph longer than ``max_words`` words.
+"""Rule ``long_paragraph``: a paragraph longer than ``max_words`` words.
 
 R1's cleaning dropped chains of thought with "long paragraphs": walls of text that are hard to
 learn from. R1 writes one paragraph per line (``\\n\\n`` between them), so a paragraph here is a
@@ -33,7 +33,7 @@ def longest_paragraph_words(text: str, max_words: int) -> int:
 
 
 class ParagraphRule(Rule):
-    name = "long_paragraph"
+    key, reason, Config = "paragraphs", "long_paragraph", ParagraphConfig
 
     def __init__(self, cfg: ParagraphConfig):
         self.max_words = cfg.max_words

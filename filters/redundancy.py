@@ -1,4 +1,4 @@
-"""Rule 4, ``redundancy``: repetition beyond what careful reasoning needs.
+"""Rule ``redundancy``: repetition beyond what careful reasoning needs.
 
 R1 traces legitimately repeat short moves ("Wait,", "Let me double-check.") and tabulate values on
 many short, similar lines, so every measure here ignores short units and is a *fraction* with a
@@ -131,10 +131,8 @@ def measure(text: str, cfg: RedundancyConfig) -> dict[str, float]:
 
 
 class RedundancyRule(Rule):
-    name = "redundancy"
-
-    def __init__(self, cfg: RedundancyConfig):
-        self.cfg = cfg
+    key, reason, Config, style = "redundancy", "redundancy", RedundancyConfig, True
+    cfg: RedundancyConfig
 
     def check(self, p: Parsed) -> str | None:
         c = self.cfg

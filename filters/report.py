@@ -14,6 +14,8 @@ from typing import Any
 
 from pipeline.records import write_json_atomic, write_text_atomic
 
+from filters.registry import rule_of
+
 __all__ = ["Tally", "write_reports", "print_summary"]
 
 
@@ -28,19 +30,15 @@ class Tally:
         self.only: Counter[str] = Counter()
         self.first: Counter[str] = Counter()
         self.domains: dict[str, dict[str, Any]] = {}
-        self.notes: dict[str, Counter[str]] = {}
-        self.decontam_items: Counter[str] = Counter()
+        self.notes: dict[str, Counter[str]] = {}  # reason -> note item -> records
 
     def add(self, domain: str, checked: tuple[str, ...] | list[str], failed: dict[str, str], notes: dict[str, str]) -> None:
         self.input += 1
         d = self.domains.setdefault(domain, {"input": 0, "kept": 0, "rejected": 0, "by_rule": Counter()})
         d["input"] += 1
         self.checked.update(checked)
-        for rule, status in notes.items():
-            if rule == "contaminated":
-                self.decontam_items.update(status.split(","))
-                continue
-            self.notes.setdefault(rule, Counter())[status] += 1
+        for reason, note in notes.items():  # a comma-separated note counts each item
+            self.notes.setdefault(reason, Counter()).update(note.split(","))
         if not failed:
             self.kept += 1
             d["kept"] += 1
@@ -56,18 +54,10 @@ class Tally:
     def to_dict(self) -> dict[str, Any]:
         rules = {r: {"checked": self.checked[r], "rejected": self.failed[r], "rejected_only": self.only[r],
                      "first_failed": self.first[r]} for r in self.order}
-        if "wrong_answer" in self.notes:
-            st = self.notes["wrong_answer"]
-            rules.setdefault("wrong_answer", {})
-            rules["wrong_answer"].update({"graded": sum(v for k, v in st.items() if k != "no_reference"),
-                                          "no_reference": st.get("no_reference", 0),
-                                          "statuses": dict(sorted(st.items()))})
-        if "contaminated" in rules:
-            per_bench: Counter[str] = Counter()
-            for item, n in self.decontam_items.items():
-                per_bench[item.split(":")[0]] += n
-            rules["contaminated"]["benchmark_hits"] = dict(sorted(per_bench.items()))
-            rules["contaminated"]["items_hit"] = dict(sorted(self.decontam_items.items()))
+        for reason in self.order:  # each rule's own report fields from its notes
+            rule = rule_of(reason)
+            if rule is not None:
+                rules[reason].update(rule.note_summary(self.notes.get(reason, Counter())))
         return {
             "totals": {"input": self.input, "kept": self.kept, "rejected": self.rejected,
                        "bad_lines": self.bad_lines,
@@ -88,14 +78,11 @@ def _markdown(report: dict[str, Any]) -> str:
     for name, r in report["rules"].items():
         lines.append(f"| {name} | {r.get('checked', 0)} | {r.get('rejected', 0)} | {r.get('rejected_only', 0)} | "
                      f"{r.get('first_failed', 0)} |")
-    wa = report["rules"].get("wrong_answer")
-    if wa and "statuses" in wa:
-        lines += ["", f"Answer grading: {wa['graded']} graded, {wa['no_reference']} without a reference; statuses: "
-                  + ", ".join(f"{k} {v}" for k, v in wa["statuses"].items()) + "."]
-    dc = report["rules"].get("contaminated")
-    if dc and dc.get("benchmark_hits"):
-        lines += ["", "Decontamination hits per benchmark: "
-                  + ", ".join(f"{k} {v}" for k, v in dc["benchmark_hits"].items()) + "."]
+    for name, entry in report["rules"].items():
+        rule = rule_of(name)
+        line = rule.note_line(entry) if rule is not None else None
+        if line:
+            lines += ["", line]
     lines += ["", "| domain | input | kept | rejected | top reasons |", "|---|---:|---:|---:|---|"]
     for name, d in report["domains"].items():
         top = ", ".join(f"{k} {v}" for k, v in sorted(d["by_rule"].items(), key=lambda kv: -kv[1])[:4])

@@ -26,55 +26,68 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError
+from pipeline.errors import UserError
+from pipeline.locking import output_lock
 from pipeline.records import RecordError, expand_inputs, iter_records, messages_of
 
-from filters.base import Parsed, Rule, parse
+from filters.base import CorpusRule, Parsed, Rule, parse
+from filters.config import FilterConfig
+from filters.registry import corpus_rules, enabled_reasons, reason_order, record_rules
 from filters.report import Tally, write_reports
 
-__all__ = ["build_rules", "RULE_ORDER", "process_line", "run_filter", "OUTPUT_FILES"]
+__all__ = ["build_rules", "build_corpus_rules", "process_line", "run_filter", "OUTPUT_FILES", "BadLine", "Verdict"]
 
 log = logging.getLogger(__name__)
-RULE_ORDER = ["format", "truncated", "length", "mixed_language", "redundancy", "long_paragraph", "code_block",
-              "wrong_answer", "contaminated", "duplicate", "near_duplicate", "prompt_cap"]
 OUTPUT_FILES = ("kept.jsonl", "rejected.jsonl", "bad_lines.jsonl")
 PARTIAL = ".partial"
 
 
-def build_rules(cfg: Any, include_decontam: bool = True) -> list[Rule]:
-    """The enabled per-record rules, in pipeline order (cheap structural checks first)."""
-    from filters.answer import AnswerRule
-    from filters.code_blocks import CodeBlockRule
-    from filters.decontam import DecontamRule
-    from filters.format import FormatRule
-    from filters.language import LanguageRule
-    from filters.length import LengthRule
-    from filters.paragraphs import ParagraphRule
-    from filters.redundancy import RedundancyRule
-    from filters.truncation import TruncationRule
+def build_rules(cfg: FilterConfig) -> list[Rule]:
+    """The enabled per-record rules, in run order (the table in :mod:`filters.registry`)."""
+    return [cls(getattr(cfg, cls.key)) for cls in record_rules() if cls.enabled_reasons(getattr(cfg, cls.key))]
 
-    pairs = [(cfg.format, FormatRule), (cfg.truncation, TruncationRule), (cfg.length, LengthRule),
-             (cfg.language, LanguageRule), (cfg.redundancy, RedundancyRule), (cfg.paragraphs, ParagraphRule),
-             (cfg.code_blocks, CodeBlockRule), (cfg.answer, AnswerRule)]
-    if include_decontam:
-        pairs.append((cfg.decontam, DecontamRule))
-    return [cls(section) for section, cls in pairs if section.enabled]
+
+def build_corpus_rules(cfg: FilterConfig) -> list[CorpusRule]:
+    """The enabled corpus rules (dedup), fresh state, in run order."""
+    return [cls(getattr(cfg, cls.key)) for cls in corpus_rules() if cls.enabled_reasons(getattr(cfg, cls.key))]
 
 
 # --------------------------------------------------------------------------- per-record work (workers)
 
+@dataclass(frozen=True)
+class BadLine:
+    """A line that is not a usable record: the reason and, when known, the field at fault."""
+
+    error: str
+    field: str | None = None
+
+
+@dataclass
+class Verdict:
+    """What the per-record rules found for one record (sent back from a worker)."""
+
+    domain: str
+    checked: tuple[str, ...]  # reason codes of the rules that had the record in scope
+    failed: dict[str, str]  # reason code -> detail, for every rule it failed
+    notes: dict[str, str]  # reason code -> a note for the report (e.g. the grader's status)
+    signatures: dict[str, Any] = field(default_factory=dict)  # corpus rule key -> its signature
+
+
 class _Worker:
-    """Per-process state: the rules (built once per process) and the dedup settings."""
+    """Per-process state: the per-record rules (built once per process) and the corpus rules' sections."""
 
     def __init__(self, cfg_data: dict[str, Any]):
-        from filters.stage import FilterConfig
-
         cfg = FilterConfig.model_validate(cfg_data)
         self.rules = build_rules(cfg)
-        self.dedup = cfg.dedup if cfg.dedup.enabled and (cfg.dedup.exact or cfg.dedup.near) else None
+        self.corpus = [(cls, getattr(cfg, cls.key)) for cls in corpus_rules()
+                       if cls.enabled_reasons(getattr(cfg, cls.key))]
 
 
 _WORKER: _Worker | None = None  # set in each worker process by _init_worker
@@ -86,38 +99,74 @@ def _init_worker(cfg_data: dict[str, Any]) -> None:
     _WORKER = _Worker(cfg_data)
 
 
-def process_line(worker: _Worker, raw: str) -> tuple:
-    """One raw JSON line -> ``("bad", message, field)`` or ``("ok", domain, checked, failed, notes, sig)``."""
+def _bad_text(obj: Any, where: str) -> str | None:
+    """The field path of the first string (key or value) that is not valid Unicode (a lone surrogate)."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "<record>"
+        return None
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            sub = f"{where}.{k}" if where else str(k)
+            found = _bad_text(k, sub) or _bad_text(v, sub)
+            if found:
+                return found
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            found = _bad_text(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _decode(raw: str) -> dict[str, Any] | BadLine:
+    """One raw JSON line -> the record, or why it is a bad line (never raises)."""
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError as exc:  # bytes the reader could not decode (kept as surrogate escapes)
+        byte = ord(raw[exc.start]) - 0xDC00 if 0xDC80 <= ord(raw[exc.start]) <= 0xDCFF else None
+        what = f"byte 0x{byte:02x}" if byte is not None else "a lone surrogate"
+        return BadLine(f"invalid UTF-8 ({what} at character {exc.start + 1})")
     try:
         rec = json.loads(raw)
     except json.JSONDecodeError as exc:
-        return ("bad", f"malformed JSON ({exc.msg} at column {exc.colno})", None)
+        return BadLine(f"malformed JSON ({exc.msg} at column {exc.colno})")
     if not isinstance(rec, dict):
-        return ("bad", f"expected a JSON object, got {type(rec).__name__}", None)
+        return BadLine(f"expected a JSON object, got {type(rec).__name__}")
+    if "\\u" in raw:  # only an escape can smuggle in a lone surrogate
+        where = _bad_text(rec, "")
+        if where:
+            return BadLine("lone surrogate (an unpaired \\ud800-\\udfff escape: not valid Unicode text)", where)
+    return rec
+
+
+def process_line(worker: _Worker, raw: str) -> Verdict | BadLine:
+    """One raw JSON line -> the per-record rules' :class:`Verdict`, or a :class:`BadLine`."""
+    rec = _decode(raw)
+    if isinstance(rec, BadLine):
+        return rec
     try:
         msgs = messages_of(rec)
     except RecordError as exc:
-        return ("bad", exc.reason, exc.field)
+        return BadLine(exc.reason, exc.field)
     if not any(m["role"] == "assistant" for m in msgs):
-        return ("bad", "no assistant turn to filter", "messages")
+        return BadLine("no assistant turn to filter", "messages")
     p: Parsed = parse(rec)
     checked: list[str] = []
     failed: dict[str, str] = {}
     for rule in worker.rules:
         if rule.applies(p):
-            checked.append(rule.name)
+            checked.append(rule.reason)
             why = rule.check(p)
             if why is not None:
-                failed[rule.name] = why
-    sig = None
-    if not failed and worker.dedup is not None:
-        from filters.dedup import signature_of
-
-        sig = signature_of(p, worker.dedup)
-    return ("ok", p.domain, tuple(checked), failed, p.notes, sig)
+                failed[rule.reason] = why
+    sigs = {} if failed else {cls.key: cls.signature(p, section) for cls, section in worker.corpus}
+    return Verdict(p.domain, tuple(checked), failed, p.notes, sigs)
 
 
-def _process_chunk(lines: list[str]) -> list[tuple]:
+def _process_chunk(lines: list[str]) -> list[Verdict | BadLine]:
     assert _WORKER is not None
     return [process_line(_WORKER, raw) for raw in lines]
 
@@ -125,17 +174,24 @@ def _process_chunk(lines: list[str]) -> list[tuple]:
 # --------------------------------------------------------------------------- input
 
 def _source(files: list[Path]) -> Iterator[tuple[str, int, str]]:
-    """``(path, line, raw_json_text)`` for every non-empty input line / row, in order."""
+    """``(path, line, raw_json_text)`` for every non-empty input line / row, in order.
+
+    Undecodable bytes are kept as surrogate escapes (never replaced), so the worker reports the line
+    as invalid UTF-8 instead of passing on an altered record.
+    """
     for path in files:
         if path.suffix == ".jsonl":
             with open(path, "rb") as fh:
                 for n, raw in enumerate(fh, start=1):
-                    text = raw.decode("utf-8", errors="replace").strip()
+                    text = raw.decode("utf-8", errors="surrogateescape").strip()
                     if text:
                         yield str(path), n, text
         else:  # .json / .parquet: parsed by the shared reader, re-serialised for the workers
             for loc in iter_records(path, on_bad_line="error"):
-                yield loc.path, loc.line, json.dumps(loc.record, ensure_ascii=False, default=str)
+                text = json.dumps(loc.record, ensure_ascii=False, default=str)
+                if not text.isascii() and _bad_text(text, "") is not None:  # keep lone surrogates escaped
+                    text = json.dumps(loc.record, ensure_ascii=True, default=str)
+                yield loc.path, loc.line, text
 
 
 def _chunks(it: Iterator[tuple[str, int, str]], size: int) -> Iterator[list[tuple[str, int, str]]]:
@@ -149,8 +205,12 @@ def _chunks(it: Iterator[tuple[str, int, str]], size: int) -> Iterator[list[tupl
         yield buf
 
 
-def _ordered_results(cfg: Any, cfg_data: dict[str, Any], chunks: Iterator[list[tuple[str, int, str]]]):
-    """Yield ``(chunk, results)`` in input order, processing in a pool with bounded look-ahead."""
+def _ordered_results(cfg: FilterConfig, cfg_data: dict[str, Any], chunks: Iterator[list[tuple[str, int, str]]]):
+    """Yield ``(chunk, results)`` in input order, processing in a pool with bounded look-ahead.
+
+    A worker that dies (killed, out of memory, a crash in native code) breaks the pool: the run
+    stops with a :class:`UserError` instead of waiting forever for the lost chunk.
+    """
     workers = cfg.workers or os.cpu_count() or 1
     if workers <= 1:
         w = _Worker(cfg_data)
@@ -162,17 +222,27 @@ def _ordered_results(cfg: Any, cfg_data: dict[str, Any], chunks: Iterator[list[t
         from pipeline.grading import grade
 
         grade("<think>.</think> \\boxed{1}", "2")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg_data,)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(cfg_data,))
+    try:
         pending: deque = deque()
         limit = 2 * workers + 2
         for chunk in chunks:
-            pending.append((chunk, pool.apply_async(_process_chunk, ([raw for _, _, raw in chunk],))))
+            pending.append((chunk, pool.submit(_process_chunk, [raw for _, _, raw in chunk])))
             while len(pending) >= limit:
-                c, fut = pending.popleft()
-                yield c, fut.get()
+                yield _collect(*pending.popleft())
         while pending:
-            c, fut = pending.popleft()
-            yield c, fut.get()
+            yield _collect(*pending.popleft())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _collect(chunk: list[tuple[str, int, str]], fut: Any) -> tuple[list[tuple[str, int, str]], list]:
+    try:
+        return chunk, fut.result()
+    except BrokenProcessPool:
+        path, line, _ = chunk[0]
+        raise UserError(f"filter: a worker process died (killed, out of memory or crashed) while filtering "
+                        f"{path} from line {line}; rerun the same command to resume from the last checkpoint") from None
 
 
 # --------------------------------------------------------------------------- output + checkpoint
@@ -225,7 +295,8 @@ def _fingerprint(cfg: Any, files: list[Path]) -> str:
 
 
 def _with_reasons(raw: str, failed: dict[str, str], details: bool) -> str:
-    reasons = [r for r in RULE_ORDER if r in failed] + [r for r in failed if r not in RULE_ORDER]
+    order = reason_order()
+    reasons = [r for r in order if r in failed] + [r for r in failed if r not in order]
     extra = '"reject_reasons": ' + json.dumps(reasons)
     if details:
         extra += ', "reject_details": ' + json.dumps({r: failed[r] for r in reasons}, ensure_ascii=False)
@@ -283,102 +354,114 @@ def _prepare(cfg: Any, out: Path, fp: str) -> dict[str, Any] | None:
     return None
 
 
-def run_filter(cfg: Any) -> dict[str, Any]:
-    from tqdm import tqdm
+def _json_line(obj: dict[str, Any]) -> str:
+    """One JSON line; non-ASCII kept as is unless the text is not valid Unicode (then escaped)."""
+    text = json.dumps(obj, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj)
+    return text
 
-    from filters.dedup import Deduplicator
 
+class _Run:
+    """One (possibly resumed) filter run over ``files`` into ``out``: the loop, checkpoints, the report."""
+
+    def __init__(self, cfg: FilterConfig, files: list[Path], out: Path, fp: str, state: dict[str, Any] | None):
+        if state is None:
+            state = {"fingerprint": fp, "position": 0, "sizes": None, "tally": Tally(enabled_reasons(cfg)),
+                     "corpus": build_corpus_rules(cfg), "kept": 0, "seconds": 0.0}
+            log.info("filter: %d input file(s) -> %s", len(files), out)
+        else:
+            log.info("filter: resuming %s after %d records", out, state["position"])
+        self.cfg, self.files, self.out, self.state = cfg, files, out, state
+        self.tally: Tally = state["tally"]
+        self.corpus: list[CorpusRule] = state["corpus"]
+        self.position: int = state["position"]
+        self.t0, self.seconds_before = time.perf_counter(), state["seconds"]
+        out.mkdir(parents=True, exist_ok=True)
+        self.outputs = _Outputs(out / PARTIAL, state["sizes"])
+
+    def checkpoint(self, phase: str = "running") -> None:
+        self.state.update(position=self.position, sizes=self.outputs.sync(), phase=phase,
+                          seconds=self.seconds_before + time.perf_counter() - self.t0)
+        _atomic_pickle(self.out / PARTIAL / "checkpoint.pkl", self.state)
+
+    def bad_line(self, path: str, line: int, raw: str, bad: BadLine) -> None:
+        if self.cfg.on_bad_line != "quarantine":
+            raise RecordError(path, line, bad.error, field=bad.field)
+        self.outputs.write("bad_lines.jsonl", _json_line(
+            {"file": path, "line": line, "field": bad.field, "error": bad.error, "raw": raw}))
+        self.tally.bad_lines += 1
+
+    def record(self, raw: str, v: Verdict) -> None:
+        """Apply the corpus rules to a record that passed the per-record rules; write and count it."""
+        checked, failed = v.checked, v.failed
+        if not failed and self.corpus:
+            for rule in self.corpus:
+                checked += rule.active
+                failed = {**failed, **rule.check(v.signatures[rule.key])}
+            if not failed:
+                for rule in self.corpus:
+                    rule.admit(v.signatures[rule.key], self.state["kept"])
+        self.tally.add(v.domain, checked, failed, v.notes)
+        if failed:
+            self.outputs.write("rejected.jsonl", _with_reasons(raw, failed, self.cfg.write_details))
+        else:
+            self.state["kept"] += 1
+            self.outputs.write("kept.jsonl", raw)
+
+    def loop(self) -> None:
+        from tqdm import tqdm
+
+        source = _source(self.files)
+        for _ in range(self.position):  # skip what the checkpoint already covers
+            next(source, None)
+        since = 0
+        with tqdm(desc="filter", unit="rec", initial=self.position, smoothing=0.05, mininterval=1.0) as bar:
+            for chunk, results in _ordered_results(self.cfg, self.cfg.model_dump(), _chunks(source, self.cfg.chunk_size)):
+                for (path, line, raw), res in zip(chunk, results):
+                    self.position += 1
+                    if isinstance(res, BadLine):
+                        self.bad_line(path, line, raw, res)
+                    else:
+                        self.record(raw, res)
+                bar.update(len(chunk))
+                since += len(chunk)
+                if since >= self.cfg.checkpoint_every:
+                    self.checkpoint()
+                    since = 0
+
+    def finish(self) -> None:
+        seconds = self.seconds_before + time.perf_counter() - self.t0
+        report = self.tally.to_dict()
+        report.update(fingerprint=self.state["fingerprint"], output_dir=str(self.out),
+                      inputs=[str(f) for f in self.files],
+                      run={"seconds": round(seconds, 2),
+                           "records_per_s": round(self.tally.input / seconds, 1) if seconds else 0.0,
+                           "workers": self.cfg.workers or os.cpu_count()})
+        self.state["report"] = report
+        self.checkpoint("finalizing")
+
+
+def run_filter(cfg: FilterConfig) -> dict[str, Any]:
+    """Filter ``cfg.inputs`` into ``cfg.output_dir`` holding its lock; returns the report."""
     if not cfg.inputs:
         raise ConfigError("filter: no inputs (set inputs: in the config or pass --inputs)")
     files = expand_inputs(cfg.inputs)
     out = Path(cfg.output_dir)
-    fp = _fingerprint(cfg, files)
-    state = _prepare(cfg, out, fp)
-    if state and state.get("complete"):
-        log.info("filter: %s already holds this finished run; nothing to do", out)
-        return state["report"]
-    if state and state.get("phase") == "finalizing":
-        return _finalize(out, state)
-
-    dedup_on = cfg.dedup.enabled and (cfg.dedup.exact or cfg.dedup.near or cfg.dedup.max_per_prompt is not None)
-    order = [r for r in RULE_ORDER if _rule_enabled(cfg, r)]
-    if state is None:
-        state = {"fingerprint": fp, "position": 0, "sizes": None, "tally": Tally(order),
-                 "dedup": Deduplicator(cfg.dedup) if dedup_on else None, "kept": 0, "seconds": 0.0}
-        log.info("filter: %d input file(s) -> %s", len(files), out)
-    else:
-        log.info("filter: resuming %s after %d records", out, state["position"])
-    out.mkdir(parents=True, exist_ok=True)
-    part = out / PARTIAL
-    outputs = _Outputs(part, state["sizes"])
-    tally: Tally = state["tally"]
-    dedup = state["dedup"]
-    cfg_data = cfg.model_dump()
-    t0 = time.perf_counter()
-    seconds_before = state["seconds"]
-    position = state["position"]
-
-    def checkpoint(phase: str = "running") -> None:
-        state.update(position=position, sizes=outputs.sync(), phase=phase,
-                     seconds=seconds_before + time.perf_counter() - t0)
-        _atomic_pickle(part / "checkpoint.pkl", state)
-
-    source = _source(files)
-    for _ in range(position):  # skip what the checkpoint already covers
-        next(source, None)
-    since = 0
-    bar = tqdm(desc="filter", unit="rec", initial=position, smoothing=0.05, mininterval=1.0)
-    try:
-        for chunk, results in _ordered_results(cfg, cfg_data, _chunks(source, cfg.chunk_size)):
-            for (path, line, raw), res in zip(chunk, results):
-                position += 1
-                if res[0] == "bad":
-                    err = RecordError(path, line, res[1], field=res[2])
-                    if cfg.on_bad_line != "quarantine":
-                        raise err
-                    outputs.write("bad_lines.jsonl", json.dumps(
-                        {"file": path, "line": line, "field": res[2], "error": res[1], "raw": raw}, ensure_ascii=False))
-                    tally.bad_lines += 1
-                    continue
-                _, domain, checked, failed, notes, sig = res
-                if dedup is not None and not failed:
-                    dfailed, m = dedup.check(sig)
-                    checked = checked + tuple(dedup.rules())
-                    if dfailed:
-                        failed = dfailed
-                    else:
-                        dedup.admit(sig, m, state["kept"])
-                tally.add(domain, checked, failed, notes)
-                if failed:
-                    outputs.write("rejected.jsonl", _with_reasons(raw, failed, cfg.write_details))
-                else:
-                    state["kept"] += 1
-                    outputs.write("kept.jsonl", raw)
-            bar.update(len(chunk))
-            since += len(chunk)
-            if since >= cfg.checkpoint_every:
-                checkpoint()
-                since = 0
-        bar.close()
-        seconds = seconds_before + time.perf_counter() - t0
-        report = tally.to_dict()
-        report.update(fingerprint=fp, output_dir=str(out), inputs=[str(f) for f in files],
-                      run={"seconds": round(seconds, 2), "records_per_s": round(tally.input / seconds, 1) if seconds else 0.0,
-                           "workers": cfg.workers or os.cpu_count()})
-        state["report"] = report
-        checkpoint("finalizing")
-    finally:
-        bar.close()
-        outputs.close()
-    return _finalize(out, state)
-
-
-def _rule_enabled(cfg: Any, rule: str) -> bool:
-    sections = {"format": cfg.format, "truncated": cfg.truncation, "length": cfg.length,
-                "mixed_language": cfg.language, "redundancy": cfg.redundancy, "long_paragraph": cfg.paragraphs,
-                "code_block": cfg.code_blocks, "wrong_answer": cfg.answer, "contaminated": cfg.decontam}
-    if rule in sections:
-        return sections[rule].enabled
-    d = cfg.dedup
-    return d.enabled and {"duplicate": d.exact, "near_duplicate": d.near,
-                          "prompt_cap": d.max_per_prompt is not None}[rule]
+    with output_lock(out, "filter run"):
+        fp = _fingerprint(cfg, files)
+        state = _prepare(cfg, out, fp)
+        if state and state.get("complete"):
+            log.info("filter: %s already holds this finished run; nothing to do", out)
+            return state["report"]
+        if state and state.get("phase") == "finalizing":
+            return _finalize(out, state)
+        run = _Run(cfg, files, out, fp, state)
+        try:
+            run.loop()
+            run.finish()
+        finally:
+            run.outputs.close()
+        return _finalize(out, run.state)

@@ -1,4 +1,4 @@
-"""Rule 2, ``truncated``: the generation hit its token limit, or never closed its think block.
+"""Rule ``truncated``: the generation hit its token limit, or never closed its think block.
 
 A trace cut by ``max_tokens`` (``finish_reason == "length"``) has no trustworthy final answer even
 when one seems present, and an unclosed ``<think>`` means the reasoning never ended. Both teach the
@@ -17,10 +17,7 @@ class TruncationConfig(Section):
 
 
 class TruncationRule(Rule):
-    name = "truncated"
-
-    def __init__(self, cfg: TruncationConfig):
-        pass
+    key, reason, Config = "truncation", "truncated", TruncationConfig
 
     def check(self, p: Parsed) -> str | None:
         if p.finish_reason == "length":

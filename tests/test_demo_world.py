@@ -66,7 +66,8 @@ def test_fault_rate_and_bad_arguments():
 
 def test_the_r1_filter_rejects_each_fault_for_its_reason(tmp_path):
     """Every fault the trace program writes is removed by the R1 preset, for the reason named after it."""
-    from filters.stage import FilterConfig, run
+    from filters.config import FilterConfig
+    from filters.stage import run
     from pipeline.config import load_config
 
     train, test = make_splits(120, 20, seed=0)

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from filters.base import parse
-from filters.runner import _Worker, build_rules, process_line
-from filters.stage import FilterConfig
+from filters.config import FilterConfig
+from filters.runner import BadLine, Verdict, _Worker, build_rules, process_line
 from pipeline.config import load_config
 
 EN_PROMPT = "What is the sum of the first four positive odd numbers? Please reason step by step."
@@ -45,8 +45,8 @@ def worker(tmp_path_factory) -> _Worker:
 
 def reasons(worker: _Worker, line: str) -> set[str]:
     res = process_line(worker, line)
-    assert res[0] == "ok", res
-    return set(res[3])
+    assert isinstance(res, Verdict), res
+    return set(res.failed)
 
 
 def test_clean_trace_passes(worker):
@@ -167,7 +167,7 @@ def test_length_near_miss_short_demo_trace(worker):
 # --------------------------------------------------------------------------- wrong_answer
 def test_wrong_answer(worker):
     res = process_line(worker, record(final="The sum is $\\boxed{15}$."))
-    assert set(res[3]) == {"wrong_answer"} and res[4]["wrong_answer"] == "wrong"
+    assert set(res.failed) == {"wrong_answer"} and res.notes["wrong_answer"] == "wrong"
 
 
 def test_wrong_answer_near_miss_equivalent_form(worker):
@@ -177,7 +177,7 @@ def test_wrong_answer_near_miss_equivalent_form(worker):
 
 def test_wrong_answer_no_reference_passes_and_is_noted(worker):
     res = process_line(worker, record(answer=None))
-    assert res[3] == {} and res[4]["wrong_answer"] == "no_reference"
+    assert res.failed == {} and res.notes["wrong_answer"] == "no_reference"
 
 
 # --------------------------------------------------------------------------- contaminated
@@ -190,10 +190,10 @@ def test_contaminated_against_given_benchmark(tmp_path):
     cfg = FilterConfig(decontam={"benchmarks": [str(bench), str(tmp_path / "missing.jsonl")]}, dedup={"enabled": False})
     w = _Worker(cfg.model_dump())
     hit = process_line(w, record(prompt=f"Solve this. {problem} Think carefully."))
-    assert set(hit[3]) == {"contaminated"} and hit[4]["contaminated"] == "bench:1"
+    assert set(hit.failed) == {"contaminated"} and hit.notes["contaminated"] == "bench:1"
     # near miss: shares only a 12-word span (n = 13)
     words = problem.split()
-    assert process_line(w, record(prompt=" ".join(words[:12]) + " something else entirely"))[3] == {}
+    assert process_line(w, record(prompt=" ".join(words[:12]) + " something else entirely")).failed == {}
 
 
 def test_contaminated_default_shared_benchmarks(shared_data):
@@ -201,17 +201,17 @@ def test_contaminated_default_shared_benchmarks(shared_data):
     w = _Worker(cfg.model_dump())
     problem = json.loads((shared_data / "math500.jsonl").read_text().splitlines()[0])["problem"]
     res = process_line(w, record(prompt=problem))
-    assert "contaminated" in res[3] and res[4]["contaminated"].startswith("math500:1")
-    assert "contaminated" not in process_line(w, record())[3]
+    assert "contaminated" in res.failed and res.notes["contaminated"].startswith("math500:1")
+    assert "contaminated" not in process_line(w, record()).failed
 
 
 # --------------------------------------------------------------------------- robustness
 def test_bad_records_are_reported_not_crashed(worker):
-    assert process_line(worker, "{not json")[0] == "bad"
-    assert process_line(worker, "[1, 2]")[0] == "bad"
+    assert isinstance(process_line(worker, "{not json"), BadLine)
+    assert isinstance(process_line(worker, "[1, 2]"), BadLine)
     bad = process_line(worker, json.dumps({"messages": [{"role": "user"}]}))
-    assert bad[0] == "bad" and bad[2] == "messages[0]"
-    assert process_line(worker, json.dumps({"messages": [{"role": "user", "content": "q"}]}))[0] == "bad"
+    assert isinstance(bad, BadLine) and bad.field == "messages[0]"
+    assert isinstance(process_line(worker, json.dumps({"messages": [{"role": "user", "content": "q"}]})), BadLine)
 
 
 ALL_RULES = build_rules(FilterConfig(decontam={"benchmarks": []}))

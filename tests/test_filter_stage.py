@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import filters.runner as runner
-from filters.stage import FilterConfig, run
+from filters.config import FilterConfig
+from filters.stage import run
 from pipeline.config import ConfigError, load_config
 from pipeline.records import RecordError, read_jsonl
 

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from filters.registry import style_reasons
 from pipeline.records import write_text_atomic
 
 __all__ = ["STYLE_RULES", "fault_shares", "summarize", "verdict", "write_report", "console_summary"]
 
-STYLE_RULES = ("mixed_language", "redundancy", "code_block")
+STYLE_RULES = tuple(style_reasons())  # the reason codes of the filter rules marked style (filters/registry.py)
 BENCH = "demo_test"
 
 

@@ -352,7 +352,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _filter_config(cfg: DemoConfig, inputs: list[str], output: Path, benchmarks: list[str]):
-    from filters.stage import FilterConfig
+    from filters.config import FilterConfig
     from pipeline.config import load_config
 
     preset = _resolve(cfg.filter_preset)
@@ -370,11 +370,12 @@ def _filter_run(filt_cfg) -> dict:
 
 
 def _style_filter(cfg: DemoConfig, inputs: list[str], output: Path) -> dict:
-    """The filter's style rules only (mixed language, redundancy, code blocks) over eval responses."""
+    """The filter's style rules only (``style = True`` in filters/registry.py) over eval responses."""
     filt = _filter_config(cfg, inputs, output, [])
+    from filters.registry import RULES, style_keys
+
     off = {"enabled": False}
-    update = {k: getattr(filt, k).model_copy(update=off) for k in
-              ("format", "truncation", "length", "paragraphs", "answer", "dedup", "decontam")}
+    update = {cls.key: getattr(filt, cls.key).model_copy(update=off) for cls in RULES if cls.key not in style_keys()}
     filt = filt.model_copy(update={**update, "overwrite": True, "progress": False} if "progress" in
                            type(filt).model_fields else {**update, "overwrite": True})
     return _filter_run(filt)
