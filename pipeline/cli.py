@@ -16,8 +16,8 @@ from pipeline.config import ConfigError
 from pipeline.errors import UserError
 from pipeline.records import RecordError
 
-# subcommand -> module exposing register(subparsers). Modules that are not importable yet (a
-# stage still under construction) are skipped with a note rather than breaking the CLI.
+# subcommand -> module exposing register(subparsers). A module that fails to import is a broken
+# install: the CLI stops with an error naming it, never a silently missing subcommand.
 STAGES: dict[str, str] = {
     "generate": "pipeline.generate.stage",
     "merge": "pipeline.generate.merge",
@@ -40,12 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in STAGES.items():
         try:
             mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name and (exc.name == module or module.startswith(exc.name + ".")):
-                continue
-            raise
+        except Exception as exc:
+            raise StageImportError(f"distill {name}: stage module {module} failed to import: "
+                                   f"{type(exc).__name__}: {exc}") from exc
         mod.register(sub)
     return parser
+
+
+class StageImportError(ImportError):
+    """A stage module of the CLI cannot be imported (a broken install or a syntax error)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.cliutil import add_config_arguments, add_stage_parser, config_from_args
-from pipeline.config import ConfigError, Section, StageConfig, describe_fields, load_config
+from pipeline.cliutil import add_stage_action, add_stage_parser, config_from_args
+from pipeline.config import ConfigError, Section, StageConfig, load_config
 from pipeline.evaluate.benchmarks import BenchmarkSpec, canonical_name, load_problems, resolve_spec
 from pipeline.generate.config import OpenAIConfig, SamplingConfig, TransformersConfig, VLLMConfig
 from pipeline.records import write_json_atomic
@@ -445,31 +445,21 @@ def _compare_cmd(args: Any) -> int:
 
 
 def _eval_cmd(args: Any) -> int:
-    if getattr(args, "eval_command", None) is None:
-        run(config_from_args(EvalConfig, args, FLAGS))
+    run(config_from_args(EvalConfig, args, FLAGS))
     return 0
 
 
 def register(sub: Any) -> None:
     p = add_stage_parser(sub, "eval", EvalConfig, "Pass@1 (and pass@k, cons@k, 95% CI) on MATH-500, AIME 2024, "
                          "AMC 2023, GSM8K with the DeepSeek-R1 protocol; also `eval score` and `eval compare`", FLAGS)
-    p.set_defaults(func=_eval_cmd, eval_command=None)
-    esub = p.add_subparsers(dest="eval_command", metavar="{score,compare}")
-    esub.required = False
-    import argparse
-
-    ps = esub.add_parser("score", help="grade existing responses without generating",
-                         description="Grade existing responses (`answer` plus `response` or `messages`), write "
-                         "`correct` per line and the metrics.", formatter_class=argparse.RawDescriptionHelpFormatter,
-                         epilog="config fields:\n  " + "\n  ".join(describe_fields(ScoreConfig)))
-    add_config_arguments(ps, SCORE_FLAGS)
-    ps.set_defaults(func=_score_cmd)
-    pc = esub.add_parser("compare", help="side-by-side table and chart of several eval results",
-                         description="Compare several results.json files (or eval output folders).")
+    p.set_defaults(func=_eval_cmd)
+    add_stage_action(p, "score", "Grade existing responses (`answer` plus `response` or `messages`) without "
+                     "generating: write `correct` per line and the metrics.", _score_cmd, ScoreConfig, SCORE_FLAGS)
+    pc = add_stage_action(p, "compare", "Side-by-side table and chart of several eval results (results.json "
+                          "files or eval output folders).", _compare_cmd)
     pc.add_argument("results", nargs="+", help="results.json files or eval output folders")
     pc.add_argument("--output", help="folder for comparison.md/json/png (default runs/eval/compare)")
     pc.add_argument("--title", default="pass@1 by model", help="chart title")
-    pc.set_defaults(func=_compare_cmd)
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None, **values: Any) -> EvalConfig:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.cliutil import add_stage_parser, config_from_args
+from pipeline.cliutil import add_stage_action, add_stage_parser, config_from_args
 from pipeline.config import ConfigError, Section
 from pipeline.train.config import TrainConfig
 
@@ -286,12 +286,14 @@ FLAGS = {
 }
 
 
+def _cache_cmd(args) -> int:
+    summary = build_teacher_cache(config_from_args(KDConfig, args, FLAGS))
+    print(json.dumps(summary, indent=2))
+    return 0 if summary.get("complete") else 1
+
+
 def _main(args) -> int:
     cfg = config_from_args(KDConfig, args, FLAGS)
-    if args.action == "cache":
-        summary = build_teacher_cache(cfg)
-        print(json.dumps(summary, indent=2))
-        return 0 if summary.get("complete") else 1
     summary = run(cfg)
     print(json.dumps({k: summary.get(k) for k in ("model_dir", "steps", "final_loss", "first_kd", "final_kd",
                                                   "final_ce", "teacher_source", "trained_tokens", "elapsed_s")},
@@ -305,6 +307,6 @@ def register(sub) -> None:
         "White-box distillation on teacher logits (forward/reverse KL, JSD; chunked). "
         "`distill kd cache --config X` first runs the teacher once and stores its top-k log-probs in "
         "teacher_cache (optional); `distill kd --config X` trains (from the cache when it is complete).", FLAGS)
-    p.add_argument("action", nargs="?", choices=["train", "cache"], default="train",
-                   help="train (default) or cache: write the top-k teacher cache to teacher_cache and exit")
     p.set_defaults(func=_main)
+    add_stage_action(p, "cache", "run the teacher once over the training data and write its top-k log-probs to "
+                     "teacher_cache, then exit", _cache_cmd, flags=FLAGS)

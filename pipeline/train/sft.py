@@ -6,7 +6,8 @@ trained tokens and normalised by the trained tokens of the whole optimizer step 
 computed (``logits_to_keep``), and they are upcast to fp32 ``loss_chunk_tokens`` rows at a time.
 
     distill sft --config configs/sft/tiny_cpu.yaml            # train
-    distill sft --config configs/sft/tiny_cpu.yaml --check    # show what is trained, fail on bad masks
+    distill sft check --config configs/sft/tiny_cpu.yaml      # show what is trained, fail on bad masks
+                                                              # (the old spelling `--check` still works)
     distill sft --config configs/sft/tiny_cpu.yaml --resume   # continue a killed run
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline.cliutil import add_stage_parser, config_from_args
+from pipeline.cliutil import add_stage_action, add_stage_parser, config_from_args
 from pipeline.train.config import LoraConfig, TrainConfig
 
 __all__ = ["SFTConfig", "LoraConfig", "run", "check", "causal_lm_loss", "register"]
@@ -71,10 +72,14 @@ FLAGS = {
 }
 
 
+def _check_cmd(args) -> int:
+    return 0 if check(config_from_args(SFTConfig, args, FLAGS))["ok"] else 1
+
+
 def _main(args) -> int:
+    if args.check:  # the old spelling of `distill sft check`
+        return _check_cmd(args)
     cfg = config_from_args(SFTConfig, args, FLAGS)
-    if args.check:
-        return 0 if check(cfg)["ok"] else 1
     summary = run(cfg)
     print(json.dumps({k: summary[k] for k in ("model_dir", "steps", "final_loss", "trained_tokens",
                                               "padding_fraction", "elapsed_s")}, indent=2))
@@ -83,7 +88,7 @@ def _main(args) -> int:
 
 def register(sub) -> None:
     p = add_stage_parser(sub, "sft", SFTConfig, "Supervised fine-tuning of the student on reasoning traces.", FLAGS)
-    p.add_argument("--check", action="store_true",
-                   help="preflight: render a few samples, show trained tokens, fail on empty mask / lost think / "
-                        "untrained EOS; no training")
+    p.add_argument("--check", action="store_true", help="same as `distill sft check` (older spelling)")
     p.set_defaults(func=_main)
+    add_stage_action(p, "check", "preflight: render a few samples, show trained tokens, fail on empty mask / "
+                     "lost think / untrained EOS; no training", _check_cmd, flags=FLAGS)
