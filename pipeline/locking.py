@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.errors import OutputBusy, UserError
 
-__all__ = ["output_lock", "lock_path"]
+__all__ = ["output_lock", "lock_path", "launcher_output_lock"]
 
 
 def lock_path(output: str | Path) -> Path:
@@ -47,3 +47,11 @@ def output_lock(output: str | Path, what: str = "run") -> Iterator[Path]:
         yield path
     finally:
         os.close(fd)
+
+
+def launcher_output_lock(output: str | Path, what: str = "run") -> contextlib.AbstractContextManager:
+    """:func:`output_lock` taken by the main process only of a distributed launch (``accelerate launch``,
+    ``torchrun``: env ``RANK``), whose other ranks write into the same folder by design."""
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return contextlib.nullcontext(lock_path(output))
+    return output_lock(output, what)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.errors import OutputBusy
+
 __all__ = [
     "RecordError", "Located", "iter_records", "expand_inputs", "ShardWriter", "write_json_atomic",
     "write_text_atomic", "messages_of", "assistant_text", "user_text", "BadLineSink", "OnBadLine",
@@ -249,15 +251,19 @@ class ShardWriter:
         self.path = Path(path)
         self.key = key
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.path.with_name(self.path.name + ".lock"), "w")
+        # Not ``<file>.lock``: that is the stage-level ``pipeline.locking.output_lock`` of a file output,
+        # held by the same process around this writer (two flocks on one file would refuse each other).
+        self._lock = open(self.path.with_name(f".{self.path.name}.writer-lock"), "w")
         try:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
-            raise RuntimeError(f"{self.path}: another process is writing this shard") from None
+            raise OutputBusy(f"{self.path}: another process is writing this file; wait for it to finish "
+                             "or choose another output") from None
         self.done: set[Any] = set()
         self.duplicates_on_disk = 0
-        if self.path.exists():
+        self._created = not self.path.exists()
+        if not self._created:
             _repair_tail(self.path)
             for loc in _iter_jsonl(self.path, "error", None):
                 k = key(loc.record)
@@ -296,8 +302,15 @@ class ShardWriter:
     def __enter__(self) -> "ShardWriter":
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.close()
+        if exc_type is not None and self._created and self.written == 0:
+            # A run that failed before writing anything leaves no empty output behind.
+            try:
+                if self.path.stat().st_size == 0:
+                    self.path.unlink()
+            except OSError:
+                pass
 
 
 def _umask() -> int:

@@ -220,6 +220,13 @@ def _resolve(path: str) -> Path | None:
 
 def run(cfg: DemoConfig) -> dict[str, Any]:
     """Run the demo; return the summary (also ``<output_dir>/summary.json``, report in ``report.md``)."""
+    from pipeline.locking import output_lock
+
+    with output_lock(cfg.output_dir, "distill demo"):
+        return _run(cfg)
+
+
+def _run(cfg: DemoConfig) -> dict[str, Any]:
     from pipeline.demo import report as R
     from pipeline.demo.teacher import ensure_teacher, init_model_dir
     from pipeline.demo.world import make_splits, write_prompts

@@ -154,12 +154,17 @@ def _protocol(cfg: EvalConfig) -> dict[str, Any]:
             "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed}
 
 
-def _check_resume(out: Path, model: str, revision: str | None, cfg: EvalConfig) -> None:
-    """Refuse to resume into a folder holding another model's or protocol's samples."""
+def _run_marker(model: str, revision: str | None, cfg: EvalConfig) -> dict[str, Any]:
+    return {"model": model, "revision": revision, "protocol": _protocol(cfg)}
+
+
+def _check_resume(out: Path, model: str, revision: str | None, cfg: EvalConfig) -> Path:
+    """Refuse to resume into a folder holding another model's or protocol's samples; the marker's path
+    (written by the caller once the run's inputs are known to be good)."""
     import json
 
     marker = out / "eval_run.json"
-    want = {"model": model, "revision": revision, "protocol": _protocol(cfg)}
+    want = _run_marker(model, revision, cfg)
     if marker.is_file():
         have = json.loads(marker.read_text(encoding="utf-8"))
         if have != want:
@@ -167,8 +172,7 @@ def _check_resume(out: Path, model: str, revision: str | None, cfg: EvalConfig) 
             diff += [f"protocol.{k}" for k in want["protocol"] if have.get("protocol", {}).get(k) != want["protocol"][k]]
             raise ConfigError(f"{marker}: this output folder holds a run with a different {', '.join(diff)}; "
                               f"use another output_dir (or delete the folder) instead of mixing samples")
-    else:
-        write_json_atomic(marker, want)
+    return marker
 
 
 def _backend_dtype(cfg: EvalConfig) -> str | None:
@@ -223,15 +227,16 @@ def run_one(cfg: EvalConfig, model: str, label: str, revision: str | None, out: 
     from pipeline.prompts import PromptSourceConfig
     from pipeline.records import ShardWriter
 
-    out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, model, revision, cfg)
+    marker = _check_resume(out, model, revision, cfg)
     specs = [resolve_spec(b, cfg.hf_fallback) for b in cfg.benchmarks]
-    problems = {}
-    for spec in specs:  # load every set first: a bad file fails before the model is loaded
-        probs = load_problems(spec, cfg.hf_fallback)
-        problems[spec.name] = probs
+    # Load every set first: a bad file fails before the model is loaded and before anything is written.
+    problems = {spec.name: load_problems(spec, cfg.hf_fallback) for spec in specs}
+    out.mkdir(parents=True, exist_ok=True)
+    if not marker.is_file():
+        write_json_atomic(marker, _run_marker(model, revision, cfg))
+    for spec in specs:
         write_json_lines(out / spec.name / "problems.jsonl",
-                         [{"id": p.id, "problem": p.problem, "answer": p.answer} for p in probs])
+                         [{"id": p.id, "problem": p.problem, "answer": p.answer} for p in problems[spec.name]])
 
     def gen_cfg(spec: BenchmarkSpec) -> GenerateConfig:
         sampling = cfg.sampling.model_copy(update={"n": spec.n or cfg.sampling.n})
@@ -360,6 +365,13 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     percentages, also written to ``<output_dir>/results.json``. Several models:
     ``{"runs": [results, ...], "comparison": {paths}}``.
     """
+    from pipeline.locking import output_lock
+
+    with output_lock(cfg.output_dir, "distill eval"):
+        return _run(cfg)
+
+
+def _run(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     if cfg.model:
         return run_one(cfg, cfg.model, cfg.label or _default_label(cfg.model), cfg.revision, out)
@@ -385,13 +397,19 @@ def compare(results: list[dict[str, Any] | str | Path], output_dir: str | Path,
 def score(cfg: ScoreConfig) -> dict[str, Any]:
     """Grade existing responses; write ``scored.jsonl`` (input lines + extracted/correct/grade_status),
     ``results.json``, ``results.md`` and ``pass1.png``; returns the results dict."""
+    from pipeline.locking import output_lock
+
+    first = Path(cfg.inputs[0])
+    out = Path(cfg.output_dir) if cfg.output_dir else first.with_name(f"{first.stem}_scored")
+    with output_lock(out, "distill eval score"):
+        return _score(cfg, out, cfg.label or first.stem)
+
+
+def _score(cfg: ScoreConfig, out: Path, label: str) -> dict[str, Any]:
     from pipeline.evaluate.reference import PAPER, match_reference
     from pipeline.evaluate.report import write_run_report
     from pipeline.evaluate.run import score_inputs
 
-    first = Path(cfg.inputs[0])
-    out = Path(cfg.output_dir) if cfg.output_dir else first.with_name(f"{first.stem}_scored")
-    label = cfg.label or first.stem
     res = score_inputs(cfg.inputs, out / "scored.jsonl", cfg.pass_k, cfg.cons_k, workers=cfg.grading_workers,
                        timeout_s=cfg.grading_timeout_s, require_think=cfg.require_think, batch_size=cfg.grading_batch,
                        bootstrap_resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed, progress=cfg.progress)

@@ -88,10 +88,17 @@ def _check_complete(files: list[Path], num_shards: int) -> None:
 
 
 def run(cfg: MergeConfig) -> dict[str, Any]:
+    from pipeline.locking import output_lock
+
+    files, num_shards = find_shards(cfg.inputs)
+    with output_lock(cfg.output, "distill merge"):
+        return _merge(cfg, files, num_shards)
+
+
+def _merge(cfg: MergeConfig, files: list[Path], num_shards: int) -> dict[str, Any]:
     from pipeline.generate.run import compute_stats, sample_key, write_stats
     from pipeline.records import ShardWriter, iter_records
 
-    files, num_shards = find_shards(cfg.inputs)
     if cfg.require_complete:
         _check_complete(files, num_shards)
     out = Path(cfg.output)

@@ -33,6 +33,7 @@ from pipeline.chat import THINK_OPEN, render_generation_prompt, with_forced_thin
 from pipeline.config import ConfigError
 from pipeline.generate.backends.base import Backend, Completion, PromptInput
 from pipeline.generate.config import GenerateConfig
+from pipeline.locking import output_lock
 from pipeline.prompts import Prompt, PromptSet, load_prompt_set, shard_of
 from pipeline.records import RecordError, ShardWriter, export_parquet, iter_records, write_json_atomic
 
@@ -224,7 +225,15 @@ def generate(cfg: GenerateConfig, backend: Backend | None = None, make_backend: 
     templates = _templates(cfg)
     _check_domains(prompt_set.prompts, templates)
     mine = [p for p in prompt_set.prompts if shard_of(p.id, cfg.num_shards) == cfg.shard_index]
-    check_output_dir(cfg)
+    path = ledger_path(cfg)
+    with output_lock(path, "distill generate"):  # one writer per shard (shards of one folder run in parallel)
+        check_output_dir(cfg)
+        return _run_shard(cfg, prompt_set, templates, mine, backend, make_backend, t0)
+
+
+def _run_shard(cfg: GenerateConfig, prompt_set: PromptSet, templates: dict[str, str], mine: list[Prompt],
+               backend: Backend | None, make_backend: Any, t0: float) -> dict[str, Any]:
+    """Generate the missing samples of this shard (under its lock), then write its stats."""
     path = ledger_path(cfg)
     n = cfg.sampling.n
     owned = backend is None

@@ -66,25 +66,33 @@ def make_backend(cfg: GenerateConfig) -> Any:
 
 def run(cfg: GenerateConfig, backend: Any = None) -> dict[str, Any]:
     """Generate this shard (or, for vLLM with ``data_parallel_size > 1``, all replicas of this node)."""
-    from pipeline.generate.run import compute_stats, generate, ledger_path, write_stats
+    from pipeline.generate.run import generate
 
     dp = cfg.vllm.data_parallel_size
     if cfg.backend == "vllm" and dp > 1 and backend is None:
-        from pipeline.generate.replicas import replica_configs, run_data_parallel
-        from pipeline.prompts import load_prompt_set, shard_of
+        return _run_replicas(cfg, dp)
+    return generate(cfg, backend=backend, make_backend=make_backend)
 
-        prompt_set = load_prompt_set(cfg.input)  # validate input before spawning anything
-        expected = sum(shard_of(p.id, cfg.num_shards) == cfg.shard_index for p in prompt_set.prompts) * cfg.sampling.n
+
+def _run_replicas(cfg: GenerateConfig, dp: int) -> dict[str, Any]:
+    """vLLM data parallelism: ``dp`` engine processes of this node, each its own shard, under one lock."""
+    from pipeline.generate.replicas import replica_configs, run_data_parallel
+    from pipeline.generate.run import compute_stats, ledger_path, write_stats
+    from pipeline.locking import output_lock
+    from pipeline.prompts import load_prompt_set, shard_of
+
+    prompt_set = load_prompt_set(cfg.input)  # validate input before spawning anything
+    expected = sum(shard_of(p.id, cfg.num_shards) == cfg.shard_index for p in prompt_set.prompts) * cfg.sampling.n
+    name = "stats.json" if cfg.num_shards == 1 else f"node-{cfg.shard_index:05d}-of-{cfg.num_shards:05d}.stats.json"
+    with output_lock(Path(cfg.output_dir) / name, "distill generate"):
         run_data_parallel(cfg, dp, cfg.vllm.tensor_parallel_size, expected)
         ledgers = [ledger_path(c) for c in replica_configs(cfg, dp)]
         stats, lengths = compute_stats(ledgers)
         stats.update({"replicas": dp, "shards": [str(p) for p in ledgers], "expected_samples": expected,
                       "complete": stats["samples"] == expected})
-        name = "stats.json" if cfg.num_shards == 1 else f"node-{cfg.shard_index:05d}-of-{cfg.num_shards:05d}.stats.json"
         png = name.replace("stats.json", "lengths.png")
         write_stats(stats, lengths, Path(cfg.output_dir) / name, Path(cfg.output_dir) / png, cfg.sampling.max_tokens)
-        return stats
-    return generate(cfg, backend=backend, make_backend=make_backend)
+    return stats
 
 
 def register(subparsers: Any) -> None:

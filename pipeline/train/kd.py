@@ -238,6 +238,13 @@ def _make_loss_factory(cfg: KDConfig, info: dict):
 
 def run(cfg: KDConfig) -> dict:
     """Train the student by distillation; return the loop's summary plus the KD settings used."""
+    from pipeline.locking import launcher_output_lock
+
+    with launcher_output_lock(cfg.output_dir, "distill kd"):
+        return _train(cfg)
+
+
+def _train(cfg: KDConfig) -> dict:
     from pipeline.records import write_json_atomic
     from pipeline.train.loop import run_training
 
@@ -270,9 +277,13 @@ def _plot_parts(rows: list[dict], png: Path) -> None:
 
 def build_teacher_cache(cfg: KDConfig) -> dict:
     """``distill kd cache``: run the teacher once, store top-k log-probs per trained token."""
+    from pipeline.locking import launcher_output_lock
     from pipeline.train.kd_cache import build_cache
 
-    return build_cache(cfg)
+    if not cfg.teacher_cache:
+        raise ConfigError("teacher_cache: required for `distill kd cache` (the folder to write)")
+    with launcher_output_lock(cfg.teacher_cache, "distill kd cache"):
+        return build_cache(cfg)
 
 
 FLAGS = {

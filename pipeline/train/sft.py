@@ -51,9 +51,11 @@ def _make_loss(ctx) -> Any:
 
 def run(cfg: SFTConfig) -> dict:
     """Train; return the summary (final_loss, steps, trained_tokens, model_dir, ...)."""
+    from pipeline.locking import launcher_output_lock
     from pipeline.train.loop import run_training
 
-    return run_training(cfg, _make_loss, stage="sft")
+    with launcher_output_lock(cfg.output_dir, "distill sft"):
+        return run_training(cfg, _make_loss, stage="sft")
 
 
 def check(cfg: SFTConfig) -> dict:
