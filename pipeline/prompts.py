@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +87,13 @@ def shard_of(prompt_id: str, num_shards: int) -> int:
 
 
 def _iter_csv(path: Path) -> Any:
-    with open(path, newline="", encoding="utf-8") as fh:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # never silently replaced by U+FFFD
+        raise RecordError(path, raw.count(b"\n", 0, exc.start) + 1,
+                          f"invalid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
+    with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
         for row in reader:
             # reader.line_num is the physical line the row ended on (header is line 1).

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from pipeline.errors import OutputBusy
 __all__ = [
     "RecordError", "Located", "iter_records", "expand_inputs", "ShardWriter", "write_json_atomic",
     "write_text_atomic", "messages_of", "assistant_text", "user_text", "BadLineSink", "OnBadLine",
-    "read_jsonl", "export_parquet",
+    "read_jsonl", "export_parquet", "parse_record_line", "invalid_text_field",
 ]
 
 OnBadLine = Literal["error", "quarantine"]
@@ -101,27 +102,80 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return out
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def invalid_text_field(obj: Any, where: str = "") -> str | None:
+    """The field path (``messages[1].content``) of the first string, key or value, that is not valid
+    Unicode text (a lone surrogate such as ``"\\ud800"``: valid JSON, but no UTF-8 encoding exists)."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "<record>"
+        return None
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            sub = f"{where}.{k}" if where else str(k)
+            found = invalid_text_field(k, sub) or invalid_text_field(v, sub)
+            if found:
+                return found
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            found = invalid_text_field(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def parse_record_line(raw: bytes, path: str | Path, line: int) -> dict[str, Any]:
+    """One JSONL line -> its record, or a :class:`RecordError` naming file, line (and field).
+
+    Strict: invalid UTF-8 bytes are an error (never silently replaced by U+FFFD), and so is a lone
+    surrogate escape, which every later step (tokenizer, writer) would choke on.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError(path, line, f"invalid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of "
+                                      "the line)") from None
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecordError(path, line, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(rec, dict):
+        raise RecordError(path, line, f"expected a JSON object, got {type(rec).__name__}")
+    if _SURROGATE_ESCAPE.search(text):  # only an escape can smuggle in a lone surrogate
+        field = invalid_text_field(rec)
+        if field:
+            raise RecordError(path, line, "lone surrogate (an unpaired \\ud800-\\udfff escape: not valid "
+                                          "Unicode text)", field=field)
+    return rec
+
+
 def _iter_jsonl(path: Path, on_bad_line: OnBadLine, sink: BadLineSink | None) -> Iterator[Located]:
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, start=1):
-            text = raw.decode("utf-8", errors="replace").strip()
-            if not text:
+            raw = raw.strip()
+            if not raw:
                 continue
             try:
-                rec = json.loads(text)
-                if not isinstance(rec, dict):
-                    raise RecordError(path, n, f"expected a JSON object, got {type(rec).__name__}")
-            except (json.JSONDecodeError, RecordError) as exc:
-                err = exc if isinstance(exc, RecordError) else RecordError(path, n, f"malformed JSON ({exc.msg} at column {exc.colno})")
+                rec = parse_record_line(raw, path, n)
+            except RecordError as err:
                 if on_bad_line == "quarantine" and sink is not None:
-                    sink.add(err, text)
+                    sink.add(err, raw.decode("utf-8", errors="backslashreplace"))
                     continue
-                raise err from None
+                raise
             yield Located(str(path), n, rec)
 
 
 def _iter_json(path: Path, on_bad_line: OnBadLine, sink: BadLineSink | None) -> Iterator[Located]:
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise RecordError(path, line, f"invalid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
@@ -134,9 +188,14 @@ def _iter_json(path: Path, on_bad_line: OnBadLine, sink: BadLineSink | None) -> 
         data = lists[0] if len(lists) == 1 else [data]
     if not isinstance(data, list):
         raise RecordError(path, None, "JSON file must hold a list of objects")
+    check_text = bool(_SURROGATE_ESCAPE.search(text))
     for i, rec in enumerate(data, start=1):
+        err = None
         if not isinstance(rec, dict):
             err = RecordError(path, i, f"item {i} is not an object")
+        elif check_text and (field := invalid_text_field(rec)):
+            err = RecordError(path, i, f"item {i}: lone surrogate (not valid Unicode text)", field=field)
+        if err is not None:
             if on_bad_line == "quarantine" and sink is not None:
                 sink.add(err, json.dumps(rec))
                 continue
