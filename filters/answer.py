@@ -1,8 +1,18 @@
 """Rule ``wrong_answer``: rejection sampling, keep only traces whose final answer is right.
 
-For records in ``domains`` (default math) that carry a reference ``answer``, the response is graded by
-the shared grader :func:`pipeline.grading.grade` (the same code the eval stage uses: last
-``\\boxed{}`` or "the answer is X", a conservative normal form, then math-verify with timeouts).
+For records in ``domains`` (default math and science) that carry a reference ``answer``, the
+response is graded by the shared grader :func:`pipeline.grading.grade` (the same code the eval stage
+uses):
+
+* multiple choice (the record carries ``choices``, at the top or in ``meta``, or its reference is a
+  single letter A-J in a domain other than math): the chosen letter is read from the final answer by
+  :mod:`pipeline.choices` (boxed letter, "Answer: C", "the answer is (C)", an option's text);
+  several letters are ``ambiguous``, i.e. wrong;
+* math (domains in ``math_domains``): last ``\\boxed{}`` or "the answer is X", a conservative normal
+  form, then math-verify with timeouts;
+* anything else (free-form science, proofs) is not rule-checkable: noted ``free_form`` and passed
+  on, for the optional LLM judge (:mod:`filters.judge`) to decide.
+
 Anything but ``correct`` is rejected, including ``no_answer``, ``unclosed_think`` and ``timeout``:
 a trace we cannot verify is not a verified trace. The grader's status is recorded per record in
 the report (``statuses``), and records without a reference are counted as ``no_reference`` and
@@ -14,6 +24,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from pipeline.choices import choices_of, is_letter_reference
 from pipeline.config import Section
 from pipeline.grading import grade
 
@@ -22,8 +33,18 @@ from filters.base import Parsed, Rule
 
 class AnswerConfig(Section):
     enabled: bool = True
-    domains: list[str] = ["math"]
+    domains: list[str] = ["math", "science"]
+    math_domains: list[str] = ["math"]
     timeout_s: float = 5.0
+
+
+def grading_kind(p: Parsed, math_domains: set[str]) -> str:
+    """``choices``, ``math`` or ``free_form``: which rule grader (if any) can check this record."""
+    if choices_of(p.record) is not None:
+        return "choices"
+    if p.domain not in math_domains and is_letter_reference(p.reference):
+        return "choices"
+    return "math" if p.domain in math_domains else "free_form"
 
 
 class AnswerRule(Rule):
@@ -31,6 +52,7 @@ class AnswerRule(Rule):
 
     def __init__(self, cfg: AnswerConfig):
         self.domains = set(cfg.domains)
+        self.math_domains = set(cfg.math_domains)
         self.timeout_s = cfg.timeout_s
         # Warm up once per process: the first math-verify call imports sympy and its LaTeX
         # grammar (~1.5 s), which must not land on the first real record of every worker.
@@ -42,10 +64,16 @@ class AnswerRule(Rule):
         if p.reference is None:
             p.notes[self.reason] = "no_reference"
             return False
+        if grading_kind(p, self.math_domains) == "free_form":
+            p.notes[self.reason] = "free_form"
+            return False
         return True
 
     def check(self, p: Parsed) -> str | None:
-        g = grade(p.response, p.reference or "", timeout_s=self.timeout_s, require_think=True)
+        mc = grading_kind(p, self.math_domains) == "choices"
+        # A letter reference without options is still multiple choice: () = letters only.
+        choices = (choices_of(p.record) or ()) if mc else None
+        g = grade(p.response, p.reference or "", timeout_s=self.timeout_s, require_think=True, choices=choices)
         p.notes[self.reason] = g.status
         if g.correct:
             return None
@@ -56,8 +84,9 @@ class AnswerRule(Rule):
         """The grader's statuses: how many records were graded, and how many had no reference."""
         if not notes:
             return {}
-        return {"graded": sum(v for k, v in notes.items() if k != "no_reference"),
-                "no_reference": notes.get("no_reference", 0), "statuses": dict(sorted(notes.items()))}
+        return {"graded": sum(v for k, v in notes.items() if k not in ("no_reference", "free_form")),
+                "no_reference": notes.get("no_reference", 0), "free_form": notes.get("free_form", 0),
+                "statuses": dict(sorted(notes.items()))}
 
     @classmethod
     def note_line(cls, entry: dict[str, Any]) -> str | None:

@@ -152,8 +152,17 @@ def equivalent(a: str, b: str, timeout_s: float = 5.0) -> bool:
         return False
 
 
-def grade(response: str, reference: str, timeout_s: float = 5.0, require_think: bool = True) -> Grade:
-    """Grade one response against a reference answer. Never raises."""
+def grade(response: str, reference: str, timeout_s: float = 5.0, require_think: bool = True,
+          choices: Sequence[str] | None = None) -> Grade:
+    """Grade one response against a reference answer. Never raises.
+
+    With ``choices`` (the options in the order shown) the question is multiple choice and the
+    reference is a letter: :func:`pipeline.choices.grade_choice` decides.
+    """
+    if choices is not None:
+        from pipeline.choices import grade_choice
+
+        return grade_choice(response, reference, choices, require_think)
     if require_think and THINK_CLOSE not in response:
         return Grade(False, None, "unclosed_think")
     extracted = extract_answer(response)
@@ -178,7 +187,7 @@ def grade(response: str, reference: str, timeout_s: float = 5.0, require_think: 
     return Grade(ok, extracted, "correct" if ok else "wrong")
 
 
-def _grade_star(args: tuple[str, str, float, bool]) -> Grade:
+def _grade_star(args: tuple) -> Grade:
     return grade(*args)
 
 
@@ -186,10 +195,11 @@ def _quiet_worker() -> None:
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
 
 
-def grade_many(pairs: Sequence[tuple[str, str]], workers: int = 1, timeout_s: float = 5.0,
+def grade_many(pairs: Sequence[tuple], workers: int = 1, timeout_s: float = 5.0,
                require_think: bool = True, chunksize: int = 64) -> list[Grade]:
-    """Grade ``(response, reference)`` pairs, in order, over ``workers`` processes (1 = in-process)."""
-    jobs = [(r, ref, timeout_s, require_think) for r, ref in pairs]
+    """Grade ``(response, reference)`` or ``(response, reference, choices)`` tuples, in order, over
+    ``workers`` processes (1 = in-process)."""
+    jobs = [(p[0], p[1], timeout_s, require_think, p[2] if len(p) > 2 else None) for p in pairs]
     if workers <= 1 or len(jobs) < 2 * chunksize:
         return [_grade_star(j) for j in jobs]
     import multiprocessing as mp

@@ -85,7 +85,8 @@ def test_stage_outputs_and_counts(tmp_path):
     assert rules["code_block"]["rejected"] == 2 and rules["code_block"]["rejected_only"] == 1
     assert rules["code_block"]["checked"] == len(recs)  # math and science are both in its scope
     assert rules["duplicate"]["checked"] == len(recs) - 3  # dedup sees only records passing the other rules
-    assert rules["wrong_answer"]["no_reference"] == 1 and rules["wrong_answer"]["statuses"]["wrong"] == 2
+    # math and science are both graded; one record of each has no reference
+    assert rules["wrong_answer"]["no_reference"] == 2 and rules["wrong_answer"]["statuses"]["wrong"] == 2
     assert rules["duplicate"]["rejected"] == 1
     assert report["domains"]["science"] == {"input": 1, "kept": 1, "rejected": 0, "by_rule": {}}
     assert (out / "funnel.png").stat().st_size > 1000

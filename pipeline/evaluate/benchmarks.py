@@ -1,7 +1,13 @@
-"""Benchmark loaders: MATH-500, AIME 2024, AMC 2023, GSM8K test, or any set with problem/answer columns.
+"""Benchmark loaders: MATH-500, AIME 2024, AMC 2023, GSM8K test, MMLU STEM, GPQA, or any set with
+problem/answer columns or multiple-choice options.
 
-A benchmark is named by a short name (``math500``, ``aime24``, ``amc23``, ``gsm8k``) or given in
-full as a :class:`BenchmarkSpec` (``{name, path, problem_column, answer_column, limit}``).
+A benchmark is named by a short name (``math500``, ``aime24``, ``amc23``, ``gsm8k``, ``mmlu_stem``,
+``gpqa``) or given in full as a :class:`BenchmarkSpec` (``{name, path, problem_column,
+answer_column, limit}``). Multiple-choice sets (``layout: choices`` or ``gpqa``) are read by
+:mod:`pipeline.mc_sets`: options listed under the question, the answer a letter, graded by
+:mod:`pipeline.choices`. ``mmlu_stem`` is the test split of ``mmlu_stem.jsonl`` in upstream option
+order; ``gpqa`` is the GPQA release's CSV (``gpqa_diamond.csv``, or any path) with options shuffled
+so the right letter is balanced over A-D.
 
 Where a short name is looked up, in order:
 
@@ -19,9 +25,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -45,6 +51,16 @@ class BenchmarkSpec(Section):
     limit: int | None = Field(None, ge=1, description="use only the first N problems")
     n: int | None = Field(None, ge=1, description="samples per problem for this benchmark (default: sampling.n); "
                                            "the R1 paper uses more samples on small sets such as AIME")
+    layout: Literal["answer", "choices", "gpqa"] = Field(
+        "answer", description="answer: problem + reference answer; choices: question + options list + answer "
+        "letter/index (MMLU); gpqa: Question, Correct Answer, Incorrect Answer 1-3")
+    choices_column: str = Field("choices", description="column holding the options (layout: choices)")
+    shuffle_choices: bool | None = Field(None, description="shuffle the options, the right letter balanced over "
+                                         "A-D by choices_seed (null: yes for gpqa, no for choices)")
+    choices_seed: int = Field(0, description="seed of the option shuffle")
+    split_column: str | None = Field(None, description="local files: keep only rows whose split_column equals split")
+    template: str | None = Field(None, description="prompt template for this benchmark (default: eval's template; "
+                                 "multiple-choice sets: science)")
 
 
 @dataclass(frozen=True)
@@ -56,19 +72,27 @@ class _Known:
     hf_problem: str
     hf_answer: str
     paper_key: str  # key in reference.PAPER
+    defaults: dict[str, Any] = field(default_factory=dict)  # spec fields for this set unless the user set them
 
 
+_MMLU = {"layout": "choices", "problem_column": "question", "split_column": "split", "template": "science"}
+_GPQA = {"layout": "gpqa", "template": "science", "shuffle_choices": True, "id_column": "Record ID"}
 KNOWN: dict[str, _Known] = {
     "math500": _Known("math500.jsonl", "unique_id", "hf:HuggingFaceH4/MATH-500", "test", "problem", "answer", "math500"),
     "aime24": _Known("aime24.jsonl", "id", "hf:HuggingFaceH4/aime_2024", "train", "problem", "answer", "aime24"),
     "amc23": _Known("amc23.jsonl", "id", "hf:math-ai/amc23", "test", "question", "answer", "amc23"),
     "gsm8k": _Known("gsm8k_test.jsonl", "idx", "hf:openai/gsm8k:main", "test", "question", "answer", "gsm8k"),
+    "mmlu_stem": _Known("mmlu_stem.jsonl", "id", "", "test", "question", "answer", "mmlu_stem", _MMLU),
+    # GPQA is not republished (its authors ask so): give its CSV as `path` or put it in DISTILL_DATA_DIR.
+    "gpqa": _Known("gpqa_diamond.csv", "Record ID", "hf:Idavidrein/gpqa:gpqa_diamond", "train", "Question",
+                   "Correct Answer", "gpqa", _GPQA),
 }
 ALIASES = {
     "math-500": "math500", "math_500": "math500",
     "aime2024": "aime24", "aime_2024": "aime24", "aime-2024": "aime24", "aime": "aime24",
     "amc2023": "amc23", "amc_2023": "amc23", "amc-2023": "amc23", "amc": "amc23",
     "gsm8k_test": "gsm8k", "gsm8k-test": "gsm8k",
+    "mmlu-stem": "mmlu_stem", "gpqa_diamond": "gpqa", "gpqa-diamond": "gpqa",
 }
 
 
@@ -78,6 +102,8 @@ class Problem:
     problem: str
     answer: str
     line: int  # 1-based row in the source (for messages)
+    choices: tuple[str, ...] | None = None  # multiple choice: the options as shown (answer is a letter)
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. the option permutation, subject
 
 
 def canonical_name(name: str) -> str:
@@ -103,6 +129,13 @@ def data_dirs() -> list[Path]:
     return uniq
 
 
+def _with_defaults(spec: BenchmarkSpec, known: _Known | None) -> BenchmarkSpec:
+    """The known set's own settings (layout, columns, template) for the fields the user left unset."""
+    if known is None:
+        return spec
+    return spec.model_copy(update={k: v for k, v in known.defaults.items() if k not in spec.model_fields_set})
+
+
 def resolve_spec(item: str | BenchmarkSpec | dict[str, Any], hf_fallback: bool = True) -> BenchmarkSpec:
     """A full spec (with ``path``) for a short name or a partial spec."""
     if isinstance(item, str):
@@ -111,23 +144,25 @@ def resolve_spec(item: str | BenchmarkSpec | dict[str, Any], hf_fallback: bool =
         spec = BenchmarkSpec.model_validate(item)
     else:
         spec = item
-    if spec.path:
-        return spec
     key = canonical_name(spec.name)
     known = KNOWN.get(key)
+    if spec.path:
+        return _with_defaults(spec, known)
     if known is None:
         raise ConfigError(f"benchmarks: {spec.name!r} is not a known benchmark (known: {', '.join(KNOWN)}); "
                           f"give it a path: {{name: {spec.name}, path: file.jsonl, problem_column: ..., answer_column: ...}}")
     for d in data_dirs():
         f = d / known.file
         if f.is_file():
-            return spec.model_copy(update={"name": key, "path": str(f), "id_column": spec.id_column or known.id_column})
-    if not hf_fallback:
+            spec = spec.model_copy(update={"name": key, "path": str(f), "id_column": spec.id_column or known.id_column})
+            return _with_defaults(spec, known)
+    if not hf_fallback or not known.hf:
         raise ConfigError(f"benchmarks: {spec.name}: {known.file} not found in "
                           f"{', '.join(str(d) for d in data_dirs())} (set DISTILL_DATA_DIR or give a path)")
-    return spec.model_copy(update={"name": key, "path": known.hf, "split": known.hf_split, "problem_column": known.hf_problem,
+    spec = spec.model_copy(update={"name": key, "path": known.hf, "split": known.hf_split, "problem_column": known.hf_problem,
                                    "answer_column": known.hf_answer,
                                    "id_column": spec.id_column or known.id_column})
+    return _with_defaults(spec, known)
 
 
 _GSM8K_RE = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
@@ -159,13 +194,39 @@ def _rows(spec: BenchmarkSpec):
         for i, row in enumerate(ds, start=1):
             yield f"hf:{name}[{spec.split}]", i, row
         return
-    for loc in iter_records(spec.path):
+    if spec.path.endswith(".csv"):  # the GPQA release is CSV
+        from pipeline.prompts import _iter_csv
+
+        locs = _iter_csv(Path(spec.path))
+    else:
+        locs = iter_records(spec.path)
+    for loc in locs:
+        if spec.split_column and str(loc.record.get(spec.split_column)) != spec.split:
+            continue
         yield loc.path, loc.line, loc.record
+
+
+def _load_choices(spec: BenchmarkSpec) -> list[Problem]:
+    """A multiple-choice set (layout ``choices`` or ``gpqa``) as problems whose answer is a letter."""
+    from pipeline.mc_sets import read_questions
+
+    shuffle = spec.shuffle_choices if spec.shuffle_choices is not None else spec.layout == "gpqa"
+    qs = read_questions(_rows(spec), spec.layout, question_column=spec.problem_column,
+                        choices_column=spec.choices_column, answer_column=spec.answer_column,
+                        id_column=spec.id_column, shuffle=shuffle, seed=spec.choices_seed, limit=spec.limit)
+    return [Problem(q.id, q.to_problem_text(), q.answer, q.line, q.choices,
+                    {"permutation": list(q.permutation), "choices_seed": spec.choices_seed if shuffle else None,
+                     **q.extra}) for q in qs]
 
 
 def load_problems(spec: BenchmarkSpec | str, hf_fallback: bool = True) -> list[Problem]:
     """The benchmark's problems in file order (first ``limit``), validated."""
     spec = resolve_spec(spec, hf_fallback)
+    if spec.layout != "answer":
+        out = _load_choices(spec)
+        if not out:
+            raise RecordError(spec.path, None, f"benchmark {spec.name} has no problems")
+        return out
     out: list[Problem] = []
     seen: dict[str, int] = {}
     for n, (src, line, row) in enumerate(_rows(spec)):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.choices import choices_of
 from pipeline.evaluate.metrics import Sample, benchmark_metrics
 from pipeline.records import RecordError, ShardWriter, expand_inputs, iter_records, messages_of, user_text
 
@@ -52,6 +53,7 @@ class PendingSample:
     response: str
     reference: str
     record: dict[str, Any]
+    choices: list[str] | None = None  # multiple choice: the options as shown (reference is a letter)
 
 
 def grade_into(pending: Iterable[PendingSample], writer: ShardWriter, workers: int = 1, timeout_s: float = 5.0,
@@ -77,7 +79,7 @@ def grade_into(pending: Iterable[PendingSample], writer: ShardWriter, workers: i
         nonlocal graded
         if not batch:
             return
-        grades = grade_many([(p.response, p.reference) for p in batch], workers=workers, timeout_s=timeout_s,
+        grades = grade_many([(p.response, p.reference, p.choices) for p in batch], workers=workers, timeout_s=timeout_s,
                             require_think=require_think, chunksize=max(1, min(64, len(batch) // (4 * workers) or 1)))
         out = []
         for p, g in zip(batch, grades):
@@ -118,11 +120,13 @@ def sample_key(rec: dict[str, Any]) -> tuple[str, int]:
     return str(rec["problem_id"]), int(rec["sample_index"])
 
 
-def samples_from_generations(paths: Iterable[str | Path], benchmark: str,
-                             answers: dict[str, str]) -> Iterator[PendingSample]:
+def samples_from_generations(paths: Iterable[str | Path], benchmark: str, answers: dict[str, str],
+                             choices: dict[str, list[str]] | None = None) -> Iterator[PendingSample]:
     """Pending samples from the generate stage's shard records (``prompt_id``, ``sample_index``,
-    ``messages``, ``finish_reason``, ``num_tokens``); the reference answer comes from the
-    benchmark (``answers``: problem id -> answer), never from the generation record."""
+    ``messages``, ``finish_reason``, ``num_tokens``); the reference answer (and for multiple
+    choice the options) comes from the benchmark (``answers``: problem id -> answer), never from
+    the generation record."""
+    choices = choices or {}
     for loc in iter_records(list(paths)):
         rec = loc.record
         for fld in ("prompt_id", "sample_index"):
@@ -147,7 +151,10 @@ def samples_from_generations(paths: Iterable[str | Path], benchmark: str,
             "truncated": finish == "length",
             "completion_tokens": _completion_tokens(rec),
         }
-        yield PendingSample(sample_key(out), response, answers[pid], out)
+        opts = choices.get(pid)
+        if opts is not None:
+            out["choices"] = opts
+        yield PendingSample(sample_key(out), response, answers[pid], out, opts)
 
 
 def load_graded(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -228,7 +235,7 @@ def _score_pending(paths: list[Path]) -> Iterator[PendingSample]:
         out.update({"scored_from": f"{loc.path}:{loc.line}", "benchmark": bench, "problem_id": pid,
                     "sample_index": sidx, "truncated": rec.get("finish_reason") == "length",
                     "completion_tokens": rec.get("completion_tokens", _completion_tokens(rec))})
-        yield PendingSample(out["scored_from"], response, str(ans), out)
+        yield PendingSample(out["scored_from"], response, str(ans), out, choices_of(rec))
 
 
 def score_inputs(inputs: list[str], output_path: str | Path, pass_k: list[int], cons_k: list[int] | None = None,

@@ -235,8 +235,7 @@ def run_one(cfg: EvalConfig, model: str, label: str, revision: str | None, out: 
     if not marker.is_file():
         write_json_atomic(marker, _run_marker(model, revision, cfg))
     for spec in specs:
-        write_json_lines(out / spec.name / "problems.jsonl",
-                         [{"id": p.id, "problem": p.problem, "answer": p.answer} for p in problems[spec.name]])
+        write_json_lines(out / spec.name / "problems.jsonl", [_problem_row(p) for p in problems[spec.name]])
 
     def gen_cfg(spec: BenchmarkSpec) -> GenerateConfig:
         sampling = cfg.sampling.model_copy(update={"n": spec.n or cfg.sampling.n})
@@ -245,7 +244,7 @@ def run_one(cfg: EvalConfig, model: str, label: str, revision: str | None, out: 
             input=PromptSourceConfig(path=str(out / spec.name / "problems.jsonl"), problem_column="problem",
                                      answer_column="answer", id_column="id", default_domain="math",
                                      drop_duplicates=False),
-            template={"math": cfg.template}, force_think=cfg.force_think, system_prompt=cfg.system_prompt,
+            template={"math": spec.template or cfg.template}, force_think=cfg.force_think, system_prompt=cfg.system_prompt,
             sampling=sampling, output_dir=str(out / spec.name / "generations"), batch_size=cfg.batch_size,
             progress=cfg.progress, vllm=cfg.vllm, openai=cfg.openai, transformers=cfg.transformers)
 
@@ -274,12 +273,13 @@ def run_one(cfg: EvalConfig, model: str, label: str, revision: str | None, out: 
     for spec in specs:
         probs = problems[spec.name]
         answers = {p.id: p.answer for p in probs}
+        choices = {p.id: list(p.choices) for p in probs if p.choices is not None}
         shards = sorted((out / spec.name / "generations").glob("shard-*.jsonl"))
         samples_path = out / spec.name / "samples.jsonl"
         t = time.perf_counter()
         with ShardWriter(samples_path, key=sample_key) as writer:
             total = sum(_count_lines(f) for f in shards)
-            gstats = grade_into(samples_from_generations(shards, spec.name, answers), writer, workers=workers,
+            gstats = grade_into(samples_from_generations(shards, spec.name, answers, choices), writer, workers=workers,
                                 total=total, batch_size=cfg.grading_batch,
                                 timeout_s=cfg.grading_timeout_s, require_think=cfg.require_think,
                                 desc=f"grading {spec.name}", progress=cfg.progress)
@@ -329,6 +329,14 @@ def run_one(cfg: EvalConfig, model: str, label: str, revision: str | None, out: 
     write_json_atomic(out / "results.json", results)
     _print_summary(results)
     return results
+
+
+def _problem_row(p: Any) -> dict[str, Any]:
+    """A benchmark problem as the generate stage reads it (multiple choice: options and permutation too)."""
+    row = {"id": p.id, "problem": p.problem, "answer": p.answer}
+    if p.choices is not None:
+        row.update({"choices": list(p.choices), **p.meta})
+    return row
 
 
 def _count_lines(path: Path) -> int:
