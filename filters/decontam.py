@@ -6,31 +6,28 @@ GPT-3 / open-r1 default (long enough that shared boilerplate such as "what is th
 matches); 8 is stricter and catches paraphrases that keep a long exact span. A benchmark problem
 shorter than ``n`` words matches when the prompt contains all of it.
 
-``benchmarks`` lists JSONL/JSON/Parquet files with a ``problem`` (or ``question``) field. Relative
-paths resolve against the current folder, then the repository root; the default points at the
-shared MATH-500, AIME 2024, AMC 2023 and GSM8K test sets, and a missing file is skipped with a
-warning. Each rejected record's details name the benchmark items it hit; the runner totals the
+``benchmarks`` lists short names (``math500``, ``aime24``, ``amc23``, ``gsm8k``: the default;
+found in ``$DISTILL_DATA_DIR`` or on the Hugging Face hub, as ``distill eval`` finds them) or
+JSONL/JSON/Parquet files with a ``problem`` (or ``question``) field, relative to the current folder.
+A benchmark that cannot be loaded is an error, never a warning: a run asked to decontaminate that
+silently skipped a set would keep contaminated records behind a clean-looking report. The report
+names every set's file (or hub dataset) and its sha256 (:func:`benchmark_sources`). Each rejected record's details name the benchmark items it hit; the runner totals the
 hits per benchmark item.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from pipeline.config import Section
 
 from filters.base import Parsed, Rule
 
-__all__ = ["DecontamConfig", "DecontamRule", "BenchmarkIndex", "DEFAULT_BENCHMARKS", "resolve_benchmark"]
+__all__ = ["DecontamConfig", "DecontamRule", "BenchmarkIndex", "DEFAULT_BENCHMARKS", "benchmark_sources"]
 
-log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_BENCHMARKS = ["../shared/data/math500.jsonl", "../shared/data/aime24.jsonl",
-                      "../shared/data/amc23.jsonl", "../shared/data/gsm8k_test.jsonl"]
+DEFAULT_BENCHMARKS = ["math500", "aime24", "amc23", "gsm8k"]
 _WORD_SPLIT = re.compile(r"[\W_]+", re.UNICODE)
 
 
@@ -44,44 +41,38 @@ def words_of(text: str) -> list[str]:
     return [w for w in _WORD_SPLIT.split(text.lower()) if w]
 
 
-def resolve_benchmark(path: str) -> Path | None:
-    p = Path(path)
-    if p.is_absolute():
-        return p if p.exists() else None
-    for base in (Path.cwd(), REPO_ROOT):
-        if (base / p).exists():
-            return (base / p).resolve()
-    return None
+def benchmark_sources(section: DecontamConfig) -> list[dict[str, Any]]:
+    """Name, file (or hub dataset), sha256 and size of every benchmark ``section`` decontaminates
+    against, for the report; raises ``BenchmarkNotFound`` when one cannot be loaded."""
+    if not section.enabled:
+        return []
+    return [vars(BenchmarkIndex.load(entry)[0]) for entry in section.benchmarks]
 
 
 class BenchmarkIndex:
     """Word n-grams of benchmark problems -> the items holding them."""
 
-    def __init__(self, files: list[str], n: int):
-        from pipeline.records import iter_records
+    @staticmethod
+    def load(entry: str):
+        from pipeline.evaluate.benchmarks import problem_texts
 
+        return problem_texts(entry)
+
+    def __init__(self, entries: list[str], n: int):
         self.n = n
         self.items: list[str] = []  # "math500:17" (file stem : 1-based row)
         self.grams: dict[str, list[int]] = {}
         self.short: dict[int, dict[str, list[int]]] = {}  # problems with fewer than n words, by length
-        self.loaded: list[str] = []
-        self.missing: list[str] = []
-        for f in files:
-            path = resolve_benchmark(f)
-            if path is None:
-                log.warning("decontam: benchmark file %s not found; skipping it", f)
-                self.missing.append(f)
-                continue
-            self.loaded.append(str(path))
-            for loc in iter_records(path):
-                text = loc.record.get("problem") or loc.record.get("question")
-                if not isinstance(text, str):
-                    continue
+        self.sources = []
+        for entry in entries:
+            source, problems = self.load(entry)
+            self.sources.append(source)
+            for name, text in problems:
                 words = words_of(text)
                 if not words:
                     continue
                 item = len(self.items)
-                self.items.append(f"{path.stem}:{loc.line}")
+                self.items.append(name)
                 if len(words) < n:
                     self.short.setdefault(len(words), {}).setdefault(" ".join(words), []).append(item)
                     continue

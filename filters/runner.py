@@ -39,6 +39,7 @@ from pipeline.records import RecordError, expand_inputs, iter_records, messages_
 
 from filters.base import CorpusRule, Parsed, Rule, parse
 from filters.config import FilterConfig
+from filters.decontam import benchmark_sources
 from filters.registry import corpus_rules, enabled_reasons, reason_order, record_rules
 from filters.report import Tally, write_reports
 
@@ -375,6 +376,7 @@ class _Run:
         else:
             log.info("filter: resuming %s after %d records", out, state["position"])
         self.cfg, self.files, self.out, self.state = cfg, files, out, state
+        self.benchmarks = benchmark_sources(cfg.decontam)  # in the parent: a set it cannot load fails here
         self.tally: Tally = state["tally"]
         self.corpus: list[CorpusRule] = state["corpus"]
         self.position: int = state["position"]
@@ -436,7 +438,7 @@ class _Run:
         seconds = self.seconds_before + time.perf_counter() - self.t0
         report = self.tally.to_dict()
         report.update(fingerprint=self.state["fingerprint"], output_dir=str(self.out),
-                      inputs=[str(f) for f in self.files],
+                      inputs=[str(f) for f in self.files], decontam_benchmarks=self.benchmarks,
                       run={"seconds": round(seconds, 2),
                            "records_per_s": round(self.tally.input / seconds, 1) if seconds else 0.0,
                            "workers": self.cfg.workers or os.cpu_count()})

@@ -13,6 +13,8 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if SHARED_DATA.is_dir():  # how tests (and users) point the code at the public sets: never a repo-relative search
+    os.environ.setdefault("DISTILL_DATA_DIR", str(SHARED_DATA))
 
 
 def _tokenizer_corpus() -> list[str]:

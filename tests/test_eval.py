@@ -82,15 +82,14 @@ def test_bad_benchmark_rows_name_file_line_and_field(tmp_path):
         load_problems(BenchmarkSpec(name="dup", path=str(f2), id_column="id"))
 
 
-def test_unknown_or_missing_benchmark_is_a_config_error(tmp_path, monkeypatch):
+def test_unknown_or_missing_benchmark_is_a_user_error(tmp_path, monkeypatch):
+    from pipeline.evaluate.benchmarks import BenchmarkNotFound
+
     with pytest.raises(ConfigError, match="not a known benchmark"):
         resolve_spec("mmlu")
     monkeypatch.setenv("DISTILL_DATA_DIR", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    import pipeline.evaluate.benchmarks as bm
-
-    monkeypatch.setattr(bm, "data_dirs", lambda: [tmp_path])
-    with pytest.raises(ConfigError, match="aime24.jsonl not found"):
+    with pytest.raises(BenchmarkNotFound, match="aime24.jsonl \\(not found\\)"):
         resolve_spec("aime24", hf_fallback=False)
 
 

@@ -187,7 +187,7 @@ def test_contaminated_against_given_benchmark(tmp_path):
                "neither a nor b has a zero digit.")
     bench.write_text(json.dumps({"problem": problem, "answer": "738"}) + "\n"
                      + json.dumps({"problem": "Unrelated question about triangles and circles.", "answer": "1"}) + "\n")
-    cfg = FilterConfig(decontam={"benchmarks": [str(bench), str(tmp_path / "missing.jsonl")]}, dedup={"enabled": False})
+    cfg = FilterConfig(decontam={"benchmarks": [str(bench)]}, dedup={"enabled": False})
     w = _Worker(cfg.model_dump())
     hit = process_line(w, record(prompt=f"Solve this. {problem} Think carefully."))
     assert set(hit.failed) == {"contaminated"} and hit.notes["contaminated"] == "bench:1"

@@ -9,11 +9,13 @@ answer_column, limit}``). Multiple-choice sets (``layout: choices`` or ``gpqa``)
 order; ``gpqa`` is the GPQA release's CSV (``gpqa_diamond.csv``, or any path) with options shuffled
 so the right letter is balanced over A-D.
 
-Where a short name is looked up, in order:
+Where a short name is looked up, in order (nothing else: an installed package knows no repo layout):
 
-1. ``$DISTILL_DATA_DIR/<file>``;
-2. ``<repo>/../shared/data/<file>`` and ``<cwd>/../shared/data/<file>`` (the project's shared copies);
-3. the Hugging Face dataset it came from, only when ``hf_fallback`` is on and the hub is reachable.
+1. ``$DISTILL_DATA_DIR/<file>`` (e.g. ``math500.jsonl``);
+2. the Hugging Face dataset it came from, only when ``hf_fallback`` is on and the hub is reachable.
+
+When neither works the error (:class:`BenchmarkNotFound`) says what was tried. The same lookup
+serves decontamination (:func:`problem_texts`), whose reports name each set's file and sha256.
 
 ``path`` may be a JSONL/JSON/Parquet file, a folder of them, or ``hf:<dataset>[:<config>]`` for a
 hub dataset. Every problem needs a non-empty problem and answer; a bad row is an error naming the
@@ -32,9 +34,15 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipeline.config import ConfigError, Section
+from pipeline.errors import UserError
 from pipeline.records import RecordError, iter_records
 
-__all__ = ["BenchmarkSpec", "Problem", "KNOWN", "resolve_spec", "load_problems", "data_dirs"]
+
+class BenchmarkNotFound(UserError):
+    """A benchmark set could not be found or loaded; the message lists every place tried."""
+
+__all__ = ["BenchmarkSpec", "Problem", "KNOWN", "resolve_spec", "load_problems", "data_dirs", "BenchmarkNotFound",
+           "BenchmarkSource", "problem_texts"]
 
 
 class BenchmarkSpec(Section):
@@ -71,6 +79,7 @@ class _Known:
     hf_split: str
     hf_problem: str
     hf_answer: str
+    hf_id: str | None  # stable id column of the hub dataset (None: the 0-based row, like the local idx)
     paper_key: str  # key in reference.PAPER
     defaults: dict[str, Any] = field(default_factory=dict)  # spec fields for this set unless the user set them
 
@@ -78,10 +87,12 @@ class _Known:
 _MMLU = {"layout": "choices", "problem_column": "question", "split_column": "split", "template": "science"}
 _GPQA = {"layout": "gpqa", "template": "science", "shuffle_choices": True, "id_column": "Record ID"}
 KNOWN: dict[str, _Known] = {
-    "math500": _Known("math500.jsonl", "unique_id", "hf:HuggingFaceH4/MATH-500", "test", "problem", "answer", "math500"),
-    "aime24": _Known("aime24.jsonl", "id", "hf:HuggingFaceH4/aime_2024", "train", "problem", "answer", "aime24"),
-    "amc23": _Known("amc23.jsonl", "id", "hf:math-ai/amc23", "test", "question", "answer", "amc23"),
-    "gsm8k": _Known("gsm8k_test.jsonl", "idx", "hf:openai/gsm8k:main", "test", "question", "answer", "gsm8k"),
+    "math500": _Known("math500.jsonl", "unique_id", "hf:HuggingFaceH4/MATH-500", "test", "problem", "answer",
+                      "unique_id", "math500"),
+    "aime24": _Known("aime24.jsonl", "id", "hf:HuggingFaceH4/aime_2024", "train", "problem", "answer", "id", "aime24"),
+    "amc23": _Known("amc23.jsonl", "id", "hf:math-ai/amc23", "test", "question", "answer", "id", "amc23"),
+    # openai/gsm8k (config main) has only `question` and `answer` ("... #### 72"): no id column.
+    "gsm8k": _Known("gsm8k_test.jsonl", "idx", "hf:openai/gsm8k:main", "test", "question", "answer", None, "gsm8k"),
     "mmlu_stem": _Known("mmlu_stem.jsonl", "id", "", "test", "question", "answer", "mmlu_stem", _MMLU),
     # GPQA is not republished (its authors ask so): give its CSV as `path` or put it in DISTILL_DATA_DIR.
     "gpqa": _Known("gpqa_diamond.csv", "Record ID", "hf:Idavidrein/gpqa:gpqa_diamond", "train", "Question",
@@ -112,28 +123,14 @@ def canonical_name(name: str) -> str:
 
 
 def data_dirs() -> list[Path]:
-    """Folders searched for the known benchmark files, in order."""
-    out = []
+    """Folders searched for the known benchmark files: ``$DISTILL_DATA_DIR`` when set."""
     env = os.environ.get("DISTILL_DATA_DIR")
-    if env:
-        out.append(Path(env))
-    repo = Path(__file__).resolve().parents[2]
-    out.append(repo.parent / "shared" / "data")
-    out.append(Path.cwd().parent / "shared" / "data")
-    seen, uniq = set(), []
-    for d in out:
-        r = d.resolve() if d.exists() else d
-        if r not in seen:
-            seen.add(r)
-            uniq.append(d)
-    return uniq
+    return [Path(env).expanduser()] if env else []
 
 
-def _with_defaults(spec: BenchmarkSpec, known: _Known | None) -> BenchmarkSpec:
-    """The known set's own settings (layout, columns, template) for the fields the user left unset."""
-    if known is None:
-        return spec
-    return spec.model_copy(update={k: v for k, v in known.defaults.items() if k not in spec.model_fields_set})
+def _local_tried(file: str) -> str:
+    dirs = data_dirs()
+    return f"{dirs[0] / file} (not found)" if dirs else f"DISTILL_DATA_DIR (not set; it names a folder holding {file})"
 
 
 def resolve_spec(item: str | BenchmarkSpec | dict[str, Any], hf_fallback: bool = True) -> BenchmarkSpec:
@@ -144,25 +141,22 @@ def resolve_spec(item: str | BenchmarkSpec | dict[str, Any], hf_fallback: bool =
         spec = BenchmarkSpec.model_validate(item)
     else:
         spec = item
+    if spec.path:
+        return spec
     key = canonical_name(spec.name)
     known = KNOWN.get(key)
-    if spec.path:
-        return _with_defaults(spec, known)
     if known is None:
         raise ConfigError(f"benchmarks: {spec.name!r} is not a known benchmark (known: {', '.join(KNOWN)}); "
                           f"give it a path: {{name: {spec.name}, path: file.jsonl, problem_column: ..., answer_column: ...}}")
     for d in data_dirs():
         f = d / known.file
         if f.is_file():
-            spec = spec.model_copy(update={"name": key, "path": str(f), "id_column": spec.id_column or known.id_column})
-            return _with_defaults(spec, known)
-    if not hf_fallback or not known.hf:
-        raise ConfigError(f"benchmarks: {spec.name}: {known.file} not found in "
-                          f"{', '.join(str(d) for d in data_dirs())} (set DISTILL_DATA_DIR or give a path)")
-    spec = spec.model_copy(update={"name": key, "path": known.hf, "split": known.hf_split, "problem_column": known.hf_problem,
-                                   "answer_column": known.hf_answer,
-                                   "id_column": spec.id_column or known.id_column})
-    return _with_defaults(spec, known)
+            return spec.model_copy(update={"name": key, "path": str(f), "id_column": spec.id_column or known.id_column})
+    if not hf_fallback:
+        raise BenchmarkNotFound(f"benchmark {spec.name}: tried {_local_tried(known.file)}; the Hugging Face hub is "
+                                "off (hf_fallback: false). Set DISTILL_DATA_DIR or give the benchmark a path")
+    return spec.model_copy(update={"name": key, "path": known.hf, "split": known.hf_split, "problem_column": known.hf_problem,
+                                   "answer_column": known.hf_answer, "id_column": spec.id_column or known.hf_id})
 
 
 _GSM8K_RE = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
@@ -189,8 +183,11 @@ def _rows(spec: BenchmarkSpec):
 
             ds = datasets.load_dataset(name, config or None, split=spec.split)
         except Exception as exc:  # offline, unknown name, no such split
-            raise ConfigError(f"benchmarks: {spec.name}: could not load Hugging Face dataset {name!r} "
-                              f"(split {spec.split!r}): {exc}. Put the file in DISTILL_DATA_DIR or give a path.") from None
+            known = KNOWN.get(canonical_name(spec.name))
+            tried = f"{_local_tried(known.file)}, then " if known else ""
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise BenchmarkNotFound(f"benchmark {spec.name}: tried {tried}the Hugging Face dataset {name!r} "
+                                    f"(split {spec.split!r}): {reason}. Set DISTILL_DATA_DIR or give a path") from None
         for i, row in enumerate(ds, start=1):
             yield f"hf:{name}[{spec.split}]", i, row
         return
@@ -251,3 +248,57 @@ def load_problems(spec: BenchmarkSpec | str, hf_fallback: bool = True) -> list[P
     if not out:
         raise RecordError(spec.path, None, f"benchmark {spec.name} has no problems")
     return out
+
+
+@dataclass(frozen=True)
+class BenchmarkSource:
+    """Where a benchmark's problems came from, for reports: a file and its sha256, or a hub dataset
+    and the sha256 of its problem texts (one per line)."""
+
+    name: str
+    location: str
+    sha256: str
+    sha256_of: str  # "file" or "problems"
+    problems: int
+
+
+def problem_texts(entry: str) -> tuple[BenchmarkSource, list[tuple[str, str]]]:
+    """The problems of one decontamination benchmark as ``(item, text)`` (item = ``<stem>:<row>``).
+
+    ``entry`` is a short name (``math500``, ``aime24``, ``amc23``, ``gsm8k``: resolved like eval's
+    sets) or a JSONL/JSON/Parquet file with a ``problem`` or ``question`` field. A set that cannot be
+    loaded raises :class:`BenchmarkNotFound`: decontamination never silently skips one.
+    """
+    import hashlib
+
+    path = Path(entry).expanduser()
+    if not path.exists() and canonical_name(entry) in KNOWN:
+        spec = resolve_spec(entry)
+        probs = load_problems(spec)
+        local = not spec.path.startswith("hf:")
+        stem = Path(spec.path).stem if local else spec.name
+        items = [(f"{stem}:{p.line}", p.problem) for p in probs]
+        digest = (_file_sha256(Path(spec.path)) if local else
+                  hashlib.sha256("".join(t + "\n" for _, t in items).encode("utf-8")).hexdigest())
+        return BenchmarkSource(spec.name, spec.path, digest, "file" if local else "problems", len(items)), items
+    if not path.is_file():
+        raise BenchmarkNotFound(f"decontam: benchmark {entry!r}: no such file (relative paths start at {Path.cwd()}) "
+                                f"and not a known set ({', '.join(KNOWN)})")
+    items = []
+    for loc in iter_records(path):
+        text = loc.record.get("problem") or loc.record.get("question")
+        if isinstance(text, str) and text.strip():
+            items.append((f"{path.stem}:{loc.line}", text))
+    if not items:
+        raise BenchmarkNotFound(f"decontam: benchmark {path}: no row has a `problem` or `question` text")
+    return BenchmarkSource(path.stem, str(path.resolve()), _file_sha256(path), "file", len(items)), items
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

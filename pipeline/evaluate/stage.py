@@ -82,7 +82,7 @@ class EvalConfig(ScoringSettings):
                                                   description="short names (math500, aime24, amc23, gsm8k) or "
                                                   "{name, path, problem_column, answer_column, limit, n}")
     hf_fallback: bool = Field(True, description="load a short-named benchmark from the Hugging Face hub when its "
-                              "file is not in DISTILL_DATA_DIR or ../shared/data")
+                              "file is not in DISTILL_DATA_DIR")
     template: str = Field("math", description="prompt template (prompts/<name>.txt or a file): the R1 prompt")
     force_think: bool = Field(True, description="start every response with '<think>\\n' (R1 protocol)")
     system_prompt: str | None = Field(None, description="system turn (R1 protocol: none)")
