@@ -25,7 +25,7 @@ from collections import Counter
 from typing import Any
 
 from pipeline.choices import choices_of, is_letter_reference
-from pipeline.config import Section
+from pipeline.config import PositiveFloat, Section
 from pipeline.grading import grade
 
 from filters.base import Parsed, Rule
@@ -35,7 +35,7 @@ class AnswerConfig(Section):
     enabled: bool = True
     domains: list[str] = ["math", "science"]
     math_domains: list[str] = ["math"]
-    timeout_s: float = 5.0
+    timeout_s: PositiveFloat = 5.0
 
 
 def grading_kind(p: Parsed, math_domains: set[str]) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline.config import Section
+from pipeline.config import PositiveInt, Section
 
 from filters.base import Parsed, Rule
 
@@ -23,7 +23,7 @@ from filters.base import Parsed, Rule
 class CodeBlockConfig(Section):
     enabled: bool = True
     domains: list[str] = ["math", "science"]
-    min_indented_lines: int = 3
+    min_indented_lines: PositiveInt = 3
 
 
 _FENCE = re.compile(r"^[ \t]*(?:```|~~~)", re.MULTILINE)

@@ -21,7 +21,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from pipeline.config import Section
+from pipeline.config import PositiveInt, Section
 
 from filters.base import Parsed, Rule
 
@@ -33,7 +33,7 @@ _WORD_SPLIT = re.compile(r"[\W_]+", re.UNICODE)
 
 class DecontamConfig(Section):
     enabled: bool = True
-    n: int = 13
+    n: PositiveInt = 13
     benchmarks: list[str] = list(DEFAULT_BENCHMARKS)
 
 

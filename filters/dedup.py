@@ -26,7 +26,7 @@ import re
 import zlib
 from typing import Any
 
-from pipeline.config import Section
+from pipeline.config import Fraction, PositiveInt, Section
 
 from filters.base import CorpusRule, Parsed
 
@@ -40,10 +40,10 @@ class DedupConfig(Section):
     enabled: bool = True
     exact: bool = True
     near: bool = True
-    threshold: float = 0.9
-    num_perm: int = 128
-    shingle_words: int = 5
-    max_per_prompt: int | None = None
+    threshold: Fraction = 0.9
+    num_perm: PositiveInt = 128
+    shingle_words: PositiveInt = 5
+    max_per_prompt: PositiveInt | None = None
 
 
 def _norm(s: str) -> str:

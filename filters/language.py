@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline.config import Section
+from pipeline.config import Fraction, NonNegativeInt, PositiveInt, Section
 
 from filters.base import Parsed, Rule
 
@@ -52,11 +52,11 @@ _LATIN_RUN_SEP = r"[\s,.;:!?'’\"()\-]+"
 
 class LanguageConfig(Section):
     enabled: bool = True
-    max_minority_share: float = 0.10
-    min_han_run: int = 8
-    min_latin_run: int = 5
+    max_minority_share: Fraction = 0.10
+    min_han_run: PositiveInt = 8
+    min_latin_run: PositiveInt = 5
     match_prompt: bool = True
-    min_units: int = 10
+    min_units: NonNegativeInt = 10
 
 
 def strip_neutral(text: str) -> str:

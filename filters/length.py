@@ -15,17 +15,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import Section
+from pydantic import model_validator
+
+from pipeline.config import NonNegativeInt, PositiveInt, Section
 
 from filters.base import Parsed, Rule, estimate_tokens
 
 
 class LengthConfig(Section):
     enabled: bool = True
-    min_reasoning_tokens: int = 5
-    min_completion_tokens: int = 0
-    max_completion_tokens: int = 32768
+    min_reasoning_tokens: NonNegativeInt = 5
+    min_completion_tokens: NonNegativeInt = 0
+    max_completion_tokens: PositiveInt = 32768
     tokenizer: str | None = None
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> LengthConfig:
+        if self.min_completion_tokens > self.max_completion_tokens:
+            raise ValueError(f"min_completion_tokens ({self.min_completion_tokens}) > max_completion_tokens "
+                             f"({self.max_completion_tokens}): every record would be rejected")
+        return self
 
 
 class LengthRule(Rule):

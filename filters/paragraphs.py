@@ -10,14 +10,14 @@ solution has median 42 words, p99 160, max 343 (``python benchmarks/filter_throu
 
 from __future__ import annotations
 
-from pipeline.config import Section
+from pipeline.config import PositiveInt, Section
 
 from filters.base import Parsed, Rule
 
 
 class ParagraphConfig(Section):
     enabled: bool = True
-    max_words: int = 300
+    max_words: PositiveInt = 300
 
 
 def longest_paragraph_words(text: str, max_words: int) -> int:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import string
 import zlib
 
-from pipeline.config import Section
+from pipeline.config import Fraction, NonNegativeInt, PositiveInt, Section
 
 from filters.base import Parsed, Rule
 
@@ -41,16 +41,16 @@ __all__ = ["RedundancyConfig", "RedundancyRule", "measure"]
 
 class RedundancyConfig(Section):
     enabled: bool = True
-    ngram_n: int = 10
-    max_dup_ngram_frac: float = 0.40
-    min_line_chars: int = 40
-    max_repeated_line_frac: float = 0.10
-    min_sentence_chars: int = 30
-    max_repeated_sentence_frac: float = 0.30
-    loop_window: int = 600
-    max_loop_period: int = 200
-    min_compression_ratio: float = 0.15
-    min_bytes_for_compression: int = 2000
+    ngram_n: PositiveInt = 10
+    max_dup_ngram_frac: Fraction = 0.40
+    min_line_chars: NonNegativeInt = 40
+    max_repeated_line_frac: Fraction = 0.10
+    min_sentence_chars: NonNegativeInt = 30
+    max_repeated_sentence_frac: Fraction = 0.30
+    loop_window: PositiveInt = 600
+    max_loop_period: PositiveInt = 200
+    min_compression_ratio: Fraction = 0.15
+    min_bytes_for_compression: NonNegativeInt = 2000
 
 
 # Normalisation on bytes (C-speed): drop ASCII punctuation and blanks, keep newlines as separators.

@@ -129,7 +129,8 @@ def _decode(raw: str) -> dict[str, Any] | BadLine:
     except UnicodeEncodeError as exc:  # bytes the reader could not decode (kept as surrogate escapes)
         byte = ord(raw[exc.start]) - 0xDC00 if 0xDC80 <= ord(raw[exc.start]) <= 0xDCFF else None
         what = f"byte 0x{byte:02x}" if byte is not None else "a lone surrogate"
-        return BadLine(f"invalid UTF-8 ({what} at character {exc.start + 1})")
+        column = len(raw[:exc.start].encode("utf-8", "surrogateescape")) + 1  # in bytes, like an editor's hex view
+        return BadLine(f"invalid UTF-8 ({what} at column {column})")
     try:
         rec = json.loads(raw)
     except json.JSONDecodeError as exc:

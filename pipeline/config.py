@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
 
-__all__ = ["ConfigError", "StageConfig", "Section", "load_config", "parse_override", "describe_fields"]
+__all__ = ["ConfigError", "StageConfig", "Section", "load_config", "parse_override", "describe_fields",
+           "Fraction", "NonNegativeInt", "PositiveInt", "PositiveFloat"]
+
+# Bounded field types for thresholds: a value outside the range is a config error naming the key.
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]  # a share or ratio in [0, 1]
 
 C = TypeVar("C", bound="StageConfig")
 
