@@ -1,6 +1,6 @@
 """Streaming, multi-process, resumable filter run: inputs -> kept / rejected / bad lines + report.
 
-Flow: the main process reads input lines (raw text, no parsing), sends chunks of
+Flow: the main process reads input lines (raw bytes, no parsing), sends chunks of
 ``chunk_size`` to ``workers`` processes, which parse each record once and run every per-record
 rule (:func:`process_line`); results come back in input order (at most ``2 * workers + 2``
 chunks in flight, so memory stays constant in corpus size). The main process then applies the
@@ -35,7 +35,7 @@ from typing import Any
 from pipeline.config import ConfigError
 from pipeline.errors import UserError
 from pipeline.locking import output_lock
-from pipeline.records import RecordError, expand_inputs, iter_records, messages_of
+from pipeline.records import RecordError, expand_inputs, iter_records, messages_of, parse_record_line
 
 from filters.base import CorpusRule, Parsed, Rule, parse
 from filters.config import FilterConfig
@@ -100,56 +100,15 @@ def _init_worker(cfg_data: dict[str, Any]) -> None:
     _WORKER = _Worker(cfg_data)
 
 
-def _bad_text(obj: Any, where: str) -> str | None:
-    """The field path of the first string (key or value) that is not valid Unicode (a lone surrogate)."""
-    if isinstance(obj, str):
-        try:
-            obj.encode("utf-8")
-        except UnicodeEncodeError:
-            return where or "<record>"
-        return None
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            sub = f"{where}.{k}" if where else str(k)
-            found = _bad_text(k, sub) or _bad_text(v, sub)
-            if found:
-                return found
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            found = _bad_text(v, f"{where}[{i}]")
-            if found:
-                return found
-    return None
+def process_line(worker: _Worker, raw: bytes | str) -> Verdict | BadLine:
+    """One raw JSON line -> the per-record rules' :class:`Verdict`, or a :class:`BadLine`.
 
-
-def _decode(raw: str) -> dict[str, Any] | BadLine:
-    """One raw JSON line -> the record, or why it is a bad line (never raises)."""
+    The line is parsed by the shared strict reader (:func:`pipeline.records.parse_record_line`):
+    invalid UTF-8 and lone surrogates are bad lines, never a traceback or an altered record.
+    """
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogateescape")
     try:
-        raw.encode("utf-8")
-    except UnicodeEncodeError as exc:  # bytes the reader could not decode (kept as surrogate escapes)
-        byte = ord(raw[exc.start]) - 0xDC00 if 0xDC80 <= ord(raw[exc.start]) <= 0xDCFF else None
-        what = f"byte 0x{byte:02x}" if byte is not None else "a lone surrogate"
-        column = len(raw[:exc.start].encode("utf-8", "surrogateescape")) + 1  # in bytes, like an editor's hex view
-        return BadLine(f"invalid UTF-8 ({what} at column {column})")
-    try:
-        rec = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return BadLine(f"malformed JSON ({exc.msg} at column {exc.colno})")
-    if not isinstance(rec, dict):
-        return BadLine(f"expected a JSON object, got {type(rec).__name__}")
-    if "\\u" in raw:  # only an escape can smuggle in a lone surrogate
-        where = _bad_text(rec, "")
-        if where:
-            return BadLine("lone surrogate (an unpaired \\ud800-\\udfff escape: not valid Unicode text)", where)
-    return rec
-
-
-def process_line(worker: _Worker, raw: str) -> Verdict | BadLine:
-    """One raw JSON line -> the per-record rules' :class:`Verdict`, or a :class:`BadLine`."""
-    rec = _decode(raw)
-    if isinstance(rec, BadLine):
-        return rec
-    try:
+        rec = parse_record_line(data, "<line>", 0)
         msgs = messages_of(rec)
     except RecordError as exc:
         return BadLine(exc.reason, exc.field)
@@ -168,35 +127,33 @@ def process_line(worker: _Worker, raw: str) -> Verdict | BadLine:
     return Verdict(p.domain, tuple(checked), failed, p.notes, sigs)
 
 
-def _process_chunk(lines: list[str]) -> list[Verdict | BadLine]:
+def _process_chunk(lines: list[bytes]) -> list[Verdict | BadLine]:
     assert _WORKER is not None
     return [process_line(_WORKER, raw) for raw in lines]
 
 
 # --------------------------------------------------------------------------- input
 
-def _source(files: list[Path]) -> Iterator[tuple[str, int, str]]:
-    """``(path, line, raw_json_text)`` for every non-empty input line / row, in order.
-
-    Undecodable bytes are kept as surrogate escapes (never replaced), so the worker reports the line
-    as invalid UTF-8 instead of passing on an altered record.
-    """
+def _source(files: list[Path]) -> Iterator[tuple[str, int, bytes]]:
+    """``(path, line, raw_json_bytes)`` for every non-empty input line / row, in order (undecoded:
+    the workers parse strictly, so invalid UTF-8 becomes a bad line instead of U+FFFD)."""
     for path in files:
         if path.suffix == ".jsonl":
             with open(path, "rb") as fh:
                 for n, raw in enumerate(fh, start=1):
-                    text = raw.decode("utf-8", errors="surrogateescape").strip()
-                    if text:
-                        yield str(path), n, text
+                    raw = raw.strip()
+                    if raw:
+                        yield str(path), n, raw
         else:  # .json / .parquet: parsed by the shared reader, re-serialised for the workers
             for loc in iter_records(path, on_bad_line="error"):
                 text = json.dumps(loc.record, ensure_ascii=False, default=str)
-                if not text.isascii() and _bad_text(text, "") is not None:  # keep lone surrogates escaped
-                    text = json.dumps(loc.record, ensure_ascii=True, default=str)
-                yield loc.path, loc.line, text
+                try:
+                    yield loc.path, loc.line, text.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate: keep it escaped, the worker reports it
+                    yield loc.path, loc.line, json.dumps(loc.record, default=str).encode("ascii")
 
 
-def _chunks(it: Iterator[tuple[str, int, str]], size: int) -> Iterator[list[tuple[str, int, str]]]:
+def _chunks(it: Iterator[tuple[str, int, bytes]], size: int) -> Iterator[list[tuple[str, int, bytes]]]:
     buf = []
     for item in it:
         buf.append(item)
@@ -207,7 +164,7 @@ def _chunks(it: Iterator[tuple[str, int, str]], size: int) -> Iterator[list[tupl
         yield buf
 
 
-def _ordered_results(cfg: FilterConfig, cfg_data: dict[str, Any], chunks: Iterator[list[tuple[str, int, str]]]):
+def _ordered_results(cfg: FilterConfig, cfg_data: dict[str, Any], chunks: Iterator[list[tuple[str, int, bytes]]]):
     """Yield ``(chunk, results)`` in input order, processing in a pool with bounded look-ahead.
 
     A worker that dies (killed, out of memory, a crash in native code) breaks the pool: the run
@@ -238,7 +195,7 @@ def _ordered_results(cfg: FilterConfig, cfg_data: dict[str, Any], chunks: Iterat
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _collect(chunk: list[tuple[str, int, str]], fut: Any) -> tuple[list[tuple[str, int, str]], list]:
+def _collect(chunk: list[tuple[str, int, bytes]], fut: Any) -> tuple[list[tuple[str, int, bytes]], list]:
     try:
         return chunk, fut.result()
     except BrokenProcessPool:
@@ -263,8 +220,8 @@ class _Outputs:
                     f.truncate(sizes.get(name, 0))
             self.fh[name] = open(path, "ab")
 
-    def write(self, name: str, line: str) -> None:
-        self.fh[name].write(line.encode("utf-8") + b"\n")
+    def write(self, name: str, line: bytes | str) -> None:
+        self.fh[name].write((line if isinstance(line, bytes) else line.encode("utf-8")) + b"\n")
 
     def sync(self) -> dict[str, int]:
         sizes = {}
@@ -356,14 +313,9 @@ def _prepare(cfg: Any, out: Path, fp: str) -> dict[str, Any] | None:
     return None
 
 
-def _json_line(obj: dict[str, Any]) -> str:
-    """One JSON line; non-ASCII kept as is unless the text is not valid Unicode (then escaped)."""
-    text = json.dumps(obj, ensure_ascii=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(obj)
-    return text
+def _readable(text: str) -> str:
+    """``text`` with anything that is not valid Unicode (lone surrogates) as a ``\\udXXX`` escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _Run:
@@ -390,14 +342,15 @@ class _Run:
                           seconds=self.seconds_before + time.perf_counter() - self.t0)
         _atomic_pickle(self.out / PARTIAL / "checkpoint.pkl", self.state)
 
-    def bad_line(self, path: str, line: int, raw: str, bad: BadLine) -> None:
+    def bad_line(self, path: str, line: int, raw: bytes, bad: BadLine) -> None:
         if self.cfg.on_bad_line != "quarantine":
             raise RecordError(path, line, bad.error, field=bad.field)
-        self.outputs.write("bad_lines.jsonl", _json_line(
-            {"file": path, "line": line, "field": bad.field, "error": bad.error, "raw": raw}))
+        self.outputs.write("bad_lines.jsonl", json.dumps(  # invalid bytes as \\xNN: the file stays valid UTF-8
+            {"file": path, "line": line, "field": bad.field and _readable(bad.field), "error": bad.error,
+             "raw": raw.decode("utf-8", "backslashreplace")}, ensure_ascii=False))
         self.tally.bad_lines += 1
 
-    def record(self, raw: str, v: Verdict) -> None:
+    def record(self, raw: bytes, v: Verdict) -> None:
         """Apply the corpus rules to a record that passed the per-record rules; write and count it."""
         checked, failed = v.checked, v.failed
         if not failed and self.corpus:
@@ -409,7 +362,7 @@ class _Run:
                     rule.admit(v.signatures[rule.key], self.state["kept"])
         self.tally.add(v.domain, checked, failed, v.notes)
         if failed:
-            self.outputs.write("rejected.jsonl", _with_reasons(raw, failed, self.cfg.write_details))
+            self.outputs.write("rejected.jsonl", _with_reasons(raw.decode("utf-8"), failed, self.cfg.write_details))
         else:
             self.state["kept"] += 1
             self.outputs.write("kept.jsonl", raw)

@@ -68,7 +68,7 @@ SURROGATE_LINES = [  # valid JSON, each with one unpaired surrogate escape, and 
     ('{"prompt_id": "s2", "messages": [{"role": "user", "content": "q"}, '
      '{"role": "assistant", "content": "<think>x</think> \\\\boxed{16}"}], "answer": "\\udfff"}', "answer"),
     ('{"prompt_id": "s3", "meta": {"\\udc00key": 1}, "messages": [{"role": "user", "content": "q"}, '
-     '{"role": "assistant", "content": "<think>x</think> \\\\boxed{16}"}]}', "meta.\udc00key"),
+     '{"role": "assistant", "content": "<think>x</think> \\\\boxed{16}"}]}', "meta.\\udc00key"),
 ]
 
 
@@ -91,11 +91,12 @@ def test_lone_surrogates_and_invalid_utf8_are_quarantined(tmp_path, workers):
     report = run(cfg_for(inp, tmp_path / "out", on_bad_line="quarantine", workers=workers, chunk_size=2))
     out = tmp_path / "out"
     bad = read_jsonl(out / "bad_lines.jsonl")
-    assert [(b["line"], b["field"]) for b in bad] == [(2, "messages[1].content"), (4, "answer"), (len(good) + 3, "meta.\udc00key"),
+    assert [(b["line"], b["field"]) for b in bad] == [(2, "messages[1].content"), (4, "answer"), (len(good) + 3, "meta.\\udc00key"),
                                                       (len(good) + 4, None)]
     assert all(b["file"] == str(inp) for b in bad)
-    column = inp.read_bytes().splitlines()[-1].index(b"\xff") + 1
-    assert "lone surrogate" in bad[0]["error"] and bad[3]["error"] == f"invalid UTF-8 (byte 0xff at column {column})"
+    at = inp.read_bytes().splitlines()[-1].index(b"\xff") + 1
+    assert "lone surrogate" in bad[0]["error"] and bad[3]["error"] == f"invalid UTF-8 (byte 0xff at byte {at} of the line)"
+    assert bad[3]["raw"] == inp.read_bytes().splitlines()[-1].decode("utf-8", "backslashreplace")  # \\xff shown
     assert report["totals"]["bad_lines"] == 4 and report["totals"]["input"] == len(good)
     kept = (out / "kept.jsonl").read_bytes().decode("utf-8")  # strict: nothing invalid reached the outputs
     assert "\ufffd" not in kept and len(kept.splitlines()) == report["totals"]["kept"]
@@ -125,7 +126,7 @@ import filters.runner as runner
 real = runner._process_chunk
 
 def dying(lines):  # the worker that gets the marked record is killed, as the OOM killer would
-    if any("KILL-ME" in raw for raw in lines):
+    if any(b"KILL-ME" in raw for raw in lines):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(lines)
 
