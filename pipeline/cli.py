@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "kd": "pipeline.train.kd",
     "eval": "pipeline.evaluate.stage",
     "demo": "pipeline.demo.stage",
+    "mix": "pipeline.mix.stage",
 }
 
 

@@ -1,0 +1,1 @@
+"""``distill mix``: filtered outputs -> one shuffled, deduplicated, split, published corpus."""
