@@ -30,7 +30,7 @@ from pipeline.errors import OutputBusy
 __all__ = [
     "RecordError", "Located", "iter_records", "expand_inputs", "ShardWriter", "write_json_atomic",
     "write_text_atomic", "messages_of", "assistant_text", "user_text", "BadLineSink", "OnBadLine",
-    "read_jsonl", "export_parquet", "parse_record_line", "invalid_text_field",
+    "read_jsonl", "export_parquet", "parse_record_line", "invalid_text_field", "split_files",
 ]
 
 OnBadLine = Literal["error", "quarantine"]
@@ -151,6 +151,23 @@ def parse_record_line(raw: bytes, path: str | Path, line: int) -> dict[str, Any]
             raise RecordError(path, line, "lone surrogate (an unpaired \\ud800-\\udfff escape: not valid "
                                           "Unicode text)", field=field)
     return rec
+
+
+_SPLIT_SHARD = re.compile(r"^(?P<split>\w+?)-\d{5}-of-\d{5}\.parquet$")
+
+
+def split_files(item: str | Path, split: str = "train") -> list[Path]:
+    """One split of a dataset folder in the Hub layout (``<dir>/data/<split>-00000-of-00002.parquet``,
+    what ``distill mix`` writes); any other file or folder is :func:`expand_inputs` of it."""
+    p = Path(item)
+    shards = sorted(f for f in (p / "data").glob("*.parquet") if _SPLIT_SHARD.match(f.name)) if p.is_dir() else []
+    if not shards:
+        return expand_inputs([p])
+    mine = [f for f in shards if _SPLIT_SHARD.match(f.name)["split"] == split]
+    if not mine:
+        found = sorted({_SPLIT_SHARD.match(f.name)["split"] for f in shards})
+        raise RecordError(p, None, f"no {split!r} split in data/ (splits there: {', '.join(found)})")
+    return mine
 
 
 def _iter_jsonl(path: Path, on_bad_line: OnBadLine, sink: BadLineSink | None) -> Iterator[Located]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.records import RecordError, expand_inputs, iter_records, messages_of
+from pipeline.records import RecordError, expand_inputs, iter_records, messages_of, parse_record_line
 
 __all__ = ["source_files", "filter_report", "read_chunks", "Chunk", "Facts", "facts_of", "load_record", "EMPTY_THINK"]
 
@@ -119,12 +119,7 @@ def _teacher(record: dict[str, Any]) -> str:
 
 def load_record(raw: bytes, path: str, line: int) -> dict[str, Any]:
     """Parse and validate one raw record; a :class:`RecordError` names file, line and field."""
-    try:
-        rec = json.loads(raw)
-    except ValueError as exc:
-        raise RecordError(path, line, f"malformed JSON ({exc})") from None
-    if not isinstance(rec, dict):
-        raise RecordError(path, line, f"expected a JSON object, got {type(rec).__name__}")
+    rec = parse_record_line(raw, path, line)
     msgs = messages_of(rec, (path, line))
     if not any(m["role"] == "assistant" for m in msgs):
         raise RecordError(path, line, "no assistant turn", field="messages")

@@ -22,9 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -132,7 +130,7 @@ def _write(cfg: MixConfig, files: list[list[Path]], plan: Any, work: Path, worke
     return shards
 
 
-def _commands(cfg: MixConfig, reports: dict[str, Any], argv: list[str] | None) -> list[str]:
+def _commands(cfg: MixConfig, reports: dict[str, Any]) -> list[str]:
     lines = []
     if cfg.command:
         lines += ["# the sources"] + cfg.command.strip().splitlines()
@@ -144,14 +142,12 @@ def _commands(cfg: MixConfig, reports: dict[str, Any], argv: list[str] | None) -
                 lines.append(f"distill generate --config {gen_cfg}   # {s.name}: teacher samples")
         if rep.get("command"):
             lines.append(f"{rep['command']}   # {s.name}: filter")
-    lines.append("distill mix --config mix_config.yaml   # this corpus (the resolved config is saved next to it)")
-    if argv:
-        lines.append("# as run: " + shlex.join(argv))
+    lines.append("distill mix --config mix_config.yaml   # this corpus (its resolved config, flags included, is saved next to it)")
     return lines
 
 
 def _finalize(cfg: MixConfig, out: Path, work: Path, scans: list[Any], plan: Any, shards: list[dict[str, Any]],
-              fp: str, argv: list[str] | None, seconds: float) -> dict[str, Any]:
+              fp: str, seconds: float) -> dict[str, Any]:
     from pipeline.mix.card import write_card
     from pipeline.mix.sources import filter_report
     from pipeline.mix.summary import length_charts, summarize
@@ -167,7 +163,7 @@ def _finalize(cfg: MixConfig, out: Path, work: Path, scans: list[Any], plan: Any
     reports = {s.name: filter_report(s.path) for s in cfg.sources}
     write_text_atomic(out / "mix_config.yaml", "# distill mix --config mix_config.yaml\n"
                       + yaml.safe_dump(cfg.model_dump(mode="json", exclude={"overwrite", "hub"}), sort_keys=False))
-    write_text_atomic(out / "README.md", write_card(cfg, summary, shards, reports, _commands(cfg, reports, argv), pngs))
+    write_text_atomic(out / "README.md", write_card(cfg, summary, shards, reports, _commands(cfg, reports), pngs))
     report = {"fingerprint": fp, "output_dir": str(out), **summary, "completion_tokens": lengths,
               "shards": shards, "seconds": round(seconds, 1)}
     write_json_atomic(out / REPORT, report)
@@ -175,7 +171,7 @@ def _finalize(cfg: MixConfig, out: Path, work: Path, scans: list[Any], plan: Any
     return report
 
 
-def run(cfg: MixConfig, argv: list[str] | None = None) -> dict[str, Any]:
+def run(cfg: MixConfig) -> dict[str, Any]:
     """Mix ``cfg.sources`` into ``cfg.output_dir`` (resuming unfinished work); returns the report."""
     from pipeline.mix.hub import check_hub, push
     from pipeline.mix.pool import worker_count
@@ -196,7 +192,7 @@ def run(cfg: MixConfig, argv: list[str] | None = None) -> dict[str, Any]:
             scans = _pass1(cfg, files, work, workers)
             plan = _plan(cfg, scans, work)
             shards = _write(cfg, files, plan, work, workers)
-            report = _finalize(cfg, out, work, scans, plan, shards, fp, argv, time.perf_counter() - t0)
+            report = _finalize(cfg, out, work, scans, plan, shards, fp, time.perf_counter() - t0)
     if cfg.hub.repo_id:
         report["hub_url"] = push(cfg.hub, out)
     return report
@@ -224,7 +220,7 @@ FLAGS = {
 
 
 def _main(args: Any) -> int:
-    report = run(config_from_args(MixConfig, args, FLAGS), argv=["distill", *sys.argv[1:]])
+    report = run(config_from_args(MixConfig, args, FLAGS))
     print_summary(report)
     return 0
 

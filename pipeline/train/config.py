@@ -37,8 +37,9 @@ class TrainConfig(StageConfig):
     tokenizer: str | None = Field(None, description="tokenizer folder/name (default: the model's)")
     data: list[str] = Field(..., min_length=1,
                             description="chat-format JSONL/JSON/Parquet files or folders (e.g. filter's kept.jsonl), "
-                                        "or 'hf:NAME' for a hub dataset")
-    data_split: str = Field("train", description="split for 'hf:' datasets")
+                                        "a `distill mix` output folder (its data_split), or 'hf:NAME' for a hub dataset")
+    data_split: str = Field("train", description="split for 'hf:' datasets and Hub-layout folders "
+                            "(data/<split>-00000-of-0000N.parquet, e.g. a `distill mix` output)")
     max_samples: int = Field(0, ge=0, description="use at most this many samples (0 = all)")
     data_workers: int = Field(1, ge=1, description="processes that render + tokenize the data (once, then cached)")
     output_dir: str = Field(..., description="run folder: checkpoints/, final/, metrics.jsonl, summary.json")

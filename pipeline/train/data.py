@@ -47,7 +47,7 @@ import numpy as np
 
 from pipeline.chat import THINK_CLOSE, split_think, training_template
 from pipeline.config import ConfigError
-from pipeline.records import RecordError, expand_inputs, iter_records, messages_of
+from pipeline.records import RecordError, iter_records, messages_of, split_files
 
 __all__ = ["Corpus", "Renderer", "chat_template_for_training", "load_conversations", "build_corpus", "plan_epoch",
            "micro_batch_tokens", "collate", "to_device", "model_inputs", "next_token_targets", "padding_stats",
@@ -84,7 +84,7 @@ def load_conversations(data: list[str], split: str = "train", limit: int = 0) ->
                 raise ConfigError(f"data: hf:{name}: cannot load split {split!r} ({exc})") from None
             rows = ((f"hf:{name}", i + 1, rec) for i, rec in enumerate(ds))
         else:
-            rows = ((loc.path, loc.line, loc.record) for loc in iter_records([item]))
+            rows = ((loc.path, loc.line, loc.record) for loc in iter_records(split_files(item, split)))
         for path, line, rec in rows:
             msgs = _messages(rec, path, line)
             key = str(rec["id"]) if rec.get("id") is not None else f"{path}:{line}"
@@ -227,7 +227,7 @@ def _cache_key(cfg: Any, tokenizer: Any, template: str) -> str:
         if str(item).startswith("hf:"):
             h.update(f"|{item}".encode())
             continue
-        for p in expand_inputs([item]):
+        for p in split_files(item, cfg.data_split):
             st = p.stat()
             h.update(f"|{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
