@@ -182,26 +182,23 @@ def _ordered_results(cfg: FilterConfig, cfg_data: dict[str, Any], chunks: Iterat
 
         grade("<think>.</think> \\boxed{1}", "2")
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(cfg_data,))
+    pending: deque = deque()
     try:
-        pending: deque = deque()
         limit = 2 * workers + 2
         for chunk in chunks:
             pending.append((chunk, pool.submit(_process_chunk, [raw for _, _, raw in chunk])))
             while len(pending) >= limit:
-                yield _collect(*pending.popleft())
+                yield pending[0][0], pending[0][1].result()
+                pending.popleft()
         while pending:
-            yield _collect(*pending.popleft())
+            yield pending[0][0], pending[0][1].result()
+            pending.popleft()
+    except BrokenProcessPool:  # from result() or from submit() once the pool knows
+        where = f" while filtering {pending[0][0][0][0]} from line {pending[0][0][0][1]}" if pending else ""
+        raise UserError(f"filter: a worker process died (killed, out of memory or crashed){where}; "
+                        "rerun the same command to resume from the last checkpoint") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _collect(chunk: list[tuple[str, int, bytes]], fut: Any) -> tuple[list[tuple[str, int, bytes]], list]:
-    try:
-        return chunk, fut.result()
-    except BrokenProcessPool:
-        path, line, _ = chunk[0]
-        raise UserError(f"filter: a worker process died (killed, out of memory or crashed) while filtering "
-                        f"{path} from line {line}; rerun the same command to resume from the last checkpoint") from None
 
 
 # --------------------------------------------------------------------------- output + checkpoint

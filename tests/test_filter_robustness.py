@@ -136,9 +136,10 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_dead_worker_ends_the_run_with_an_error_not_a_hang(tmp_path):
+@pytest.mark.parametrize("at", [0, 30])  # dies on the first chunk (the pool breaks while chunks are still sent) or mid-run
+def test_dead_worker_ends_the_run_with_an_error_not_a_hang(tmp_path, at):
     recs = corpus(12) * 4
-    recs[30] = {**recs[30], "prompt_id": "KILL-ME"}
+    recs[at] = {**recs[at], "prompt_id": "KILL-ME"}
     inp = write(tmp_path / "gen.jsonl", recs)
     cmd = [sys.executable, "-c", DIE, "filter", "--config", str(R1), "--inputs", str(inp), "--output",
            str(tmp_path / "out"), "--workers", "2", "--set", "chunk_size=4", "--set", "decontam.enabled=false"]
