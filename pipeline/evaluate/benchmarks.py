@@ -1,11 +1,13 @@
-"""Benchmark loaders: MATH-500, AIME 2024, AMC 2023, GSM8K test, MMLU STEM, GPQA, or any set with
-problem/answer columns or multiple-choice options.
+"""Benchmark loaders: MATH-500, AIME 2024, AMC 2023, GSM8K test, MMLU STEM, GPQA, HumanEval, MBPP, or
+any set with problem/answer columns, multiple-choice options or code tests.
 
 A benchmark is named by a short name (``math500``, ``aime24``, ``amc23``, ``gsm8k``, ``mmlu_stem``,
 ``gpqa``) or given in full as a :class:`BenchmarkSpec` (``{name, path, problem_column,
 answer_column, limit}``). Multiple-choice sets (``layout: choices`` or ``gpqa``) are read by
 :mod:`pipeline.mc_sets`: options listed under the question, the answer a letter, graded by
-:mod:`pipeline.choices`. ``mmlu_stem`` is the test split of ``mmlu_stem.jsonl`` in upstream option
+:mod:`pipeline.choices`. Code sets (``humaneval``, ``mbpp``: its 500-task test split, or ``layout:
+code`` with a ``tests`` field) are read by :mod:`pipeline.evaluate.code_sets` and graded by running
+the program in the sandbox (:mod:`pipeline.code`). ``mmlu_stem`` is the test split of ``mmlu_stem.jsonl`` in upstream option
 order; ``gpqa`` is the GPQA release's CSV (``gpqa_diamond.csv``, or any path) with options shuffled
 so the right letter is balanced over A-D.
 
@@ -59,9 +61,10 @@ class BenchmarkSpec(Section):
     limit: int | None = Field(None, ge=1, description="use only the first N problems")
     n: int | None = Field(None, ge=1, description="samples per problem for this benchmark (default: sampling.n); "
                                            "the R1 paper uses more samples on small sets such as AIME")
-    layout: Literal["answer", "choices", "gpqa"] = Field(
+    layout: Literal["answer", "choices", "gpqa", "humaneval", "mbpp", "code"] = Field(
         "answer", description="answer: problem + reference answer; choices: question + options list + answer "
-        "letter/index (MMLU); gpqa: Question, Correct Answer, Incorrect Answer 1-3")
+        "letter/index (MMLU); gpqa: Question, Correct Answer, Incorrect Answer 1-3; humaneval / mbpp: those "
+        "sets' own fields; code: problem_column + a `tests` field (graded by running the program)")
     choices_column: str = Field("choices", description="column holding the options (layout: choices)")
     shuffle_choices: bool | None = Field(None, description="shuffle the options, the right letter balanced over "
                                          "A-D by choices_seed (null: yes for gpqa, no for choices)")
@@ -86,6 +89,7 @@ class _Known:
 
 _MMLU = {"layout": "choices", "problem_column": "question", "split_column": "split", "template": "science"}
 _GPQA = {"layout": "gpqa", "template": "science", "shuffle_choices": True, "id_column": "Record ID"}
+_CODE = {"template": "code_function", "id_column": "task_id"}
 KNOWN: dict[str, _Known] = {
     "math500": _Known("math500.jsonl", "unique_id", "hf:HuggingFaceH4/MATH-500", "test", "problem", "answer",
                       "unique_id", "math500"),
@@ -97,6 +101,10 @@ KNOWN: dict[str, _Known] = {
     # GPQA is not republished (its authors ask so): give its CSV as `path` or put it in DISTILL_DATA_DIR.
     "gpqa": _Known("gpqa_diamond.csv", "Record ID", "hf:Idavidrein/gpqa:gpqa_diamond", "train", "Question",
                    "Correct Answer", "gpqa", _GPQA),
+    "humaneval": _Known("humaneval.jsonl", "task_id", "hf:openai/openai_humaneval", "test", "prompt",
+                        "canonical_solution", "humaneval", {**_CODE, "layout": "humaneval"}),
+    "mbpp": _Known("mbpp.jsonl", "task_id", "hf:google-research-datasets/mbpp:full", "test", "text", "code", "mbpp",
+                   {**_CODE, "layout": "mbpp", "split_column": "split"}),
 }
 ALIASES = {
     "math-500": "math500", "math_500": "math500",
@@ -219,6 +227,13 @@ def _load_choices(spec: BenchmarkSpec) -> list[Problem]:
 def load_problems(spec: BenchmarkSpec | str, hf_fallback: bool = True) -> list[Problem]:
     """The benchmark's problems in file order (first ``limit``), validated."""
     spec = resolve_spec(spec, hf_fallback)
+    if spec.layout in ("humaneval", "mbpp", "code"):
+        from pipeline.evaluate.code_sets import load_code_problems
+
+        out = load_code_problems(_rows(spec), spec)
+        if not out:
+            raise RecordError(spec.path, None, f"benchmark {spec.name} has no problems")
+        return out
     if spec.layout != "answer":
         out = _load_choices(spec)
         if not out:

@@ -206,7 +206,8 @@ def benchmark_metrics(samples_by_problem: dict[str, Sequence[Sample]], pass_k: S
     out["statuses"] = dict(sorted(st.items()))
     out["truncation_rate"] = 100.0 * tot.truncated / denom
     # No final answer: a closed think block with no box / "answer is", or no closed think block.
-    out["no_answer_rate"] = 100.0 * (st.get("no_answer", 0) + st.get("unclosed_think", 0)) / denom
+    out["no_answer_rate"] = 100.0 * (st.get("no_answer", 0) + st.get("unclosed_think", 0) + st.get("no_program", 0)) / denom
+    out["timeout_rate"] = 100.0 * st.get("timeout", 0) / denom  # grading or (code) program timeouts: all wrong
     out["unclosed_think_rate"] = 100.0 * st.get("unclosed_think", 0) / denom
     out["grading_timeouts"] = st.get("timeout", 0)
     out["grading_errors"] = st.get("error", 0)

@@ -70,7 +70,7 @@ def run_table(results: dict[str, Any]) -> str:
         lines += ["", f"Paper: {paper_key}, {PAPER_SOURCE}."]
     timeouts = sum(m.get("grading_timeouts", 0) for m in benches.values())
     if timeouts:
-        lines += ["", f"{timeouts} responses hit the grading timeout and count as wrong."]
+        lines += ["", f"{timeouts} responses hit a timeout (grading, or for code the program's run) and count as wrong."]
     return "\n".join(lines) + "\n"
 
 

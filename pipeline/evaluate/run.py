@@ -54,12 +54,16 @@ class PendingSample:
     reference: str
     record: dict[str, Any]
     choices: list[str] | None = None  # multiple choice: the options as shown (reference is a letter)
+    tests: Any = None  # code: the tests field (pipeline.code.tests); graded by running the program
 
 
 def grade_into(pending: Iterable[PendingSample], writer: ShardWriter, workers: int = 1, timeout_s: float = 5.0,
                require_think: bool = True, batch_size: int = 2048, desc: str = "grading",
-               total: int | None = None, progress: bool = True) -> dict[str, Any]:
+               total: int | None = None, progress: bool = True, sandbox: Any = None) -> dict[str, Any]:
     """Grade the samples whose key is not yet in ``writer.done``; write each batch durably.
+
+    Samples with ``tests`` are graded by running their program (``sandbox``: a
+    :class:`~pipeline.code.sandbox.SandboxConfig`, default limits when None), the others by the grader.
 
     Returns ``{"graded": n, "skipped": already_done, "seconds": s}``.
     """
@@ -74,17 +78,35 @@ def grade_into(pending: Iterable[PendingSample], writer: ShardWriter, workers: i
     graded = skipped = 0
     start = time.perf_counter()
     batch: list[PendingSample] = []
+    boxes: list[Any] = []  # the sandbox, made on the first code sample
+
+    def _code_fields(items: list[PendingSample]) -> list[dict[str, Any]]:
+        if not items:
+            return []
+        from pipeline.code.sandbox import Sandbox
+        from pipeline.evaluate.code_grading import code_grade_fields
+
+        if not boxes:
+            boxes.append(Sandbox(sandbox))
+        return code_grade_fields([(p.response, p.tests) for p in items], boxes[0], require_think, workers)
 
     def flush() -> None:
         nonlocal graded
         if not batch:
             return
-        grades = grade_many([(p.response, p.reference, p.choices) for p in batch], workers=workers, timeout_s=timeout_s,
-                            require_think=require_think, chunksize=max(1, min(64, len(batch) // (4 * workers) or 1)))
+        answers = [p for p in batch if p.tests is None]
+        grades = iter(grade_many([(p.response, p.reference, p.choices) for p in answers], workers=workers,
+                                 timeout_s=timeout_s, require_think=require_think,
+                                 chunksize=max(1, min(64, len(answers) // (4 * workers) or 1))))
+        code = iter(_code_fields([p for p in batch if p.tests is not None]))
         out = []
-        for p, g in zip(batch, grades):
+        for p in batch:
             rec = dict(p.record)
-            rec.update({"extracted": g.extracted, "correct": g.correct, "grade_status": g.status})
+            if p.tests is None:
+                g = next(grades)
+                rec.update({"extracted": g.extracted, "correct": g.correct, "grade_status": g.status})
+            else:
+                rec.update(next(code))
             out.append(rec)
         writer.write(out)
         graded += len(batch)
@@ -106,7 +128,12 @@ def grade_into(pending: Iterable[PendingSample], writer: ShardWriter, workers: i
     finally:
         if bar is not None:
             bar.close()
-    return {"graded": graded, "skipped": skipped, "seconds": time.perf_counter() - start}
+        for box in boxes:
+            box.close()
+    stats = {"graded": graded, "skipped": skipped, "seconds": time.perf_counter() - start}
+    if boxes:
+        stats["sandbox"] = boxes[0].describe()
+    return stats
 
 
 def _completion_tokens(rec: dict[str, Any]) -> int | None:
@@ -121,7 +148,8 @@ def sample_key(rec: dict[str, Any]) -> tuple[str, int]:
 
 
 def samples_from_generations(paths: Iterable[str | Path], benchmark: str, answers: dict[str, str],
-                             choices: dict[str, list[str]] | None = None) -> Iterator[PendingSample]:
+                             choices: dict[str, list[str]] | None = None,
+                             tests: dict[str, Any] | None = None) -> Iterator[PendingSample]:
     """Pending samples from the generate stage's shard records (``prompt_id``, ``sample_index``,
     ``messages``, ``finish_reason``, ``num_tokens``); the reference answer (and for multiple
     choice the options) comes from the benchmark (``answers``: problem id -> answer), never from
@@ -154,7 +182,7 @@ def samples_from_generations(paths: Iterable[str | Path], benchmark: str, answer
         opts = choices.get(pid)
         if opts is not None:
             out["choices"] = opts
-        yield PendingSample(sample_key(out), response, answers[pid], out, opts)
+        yield PendingSample(sample_key(out), response, answers[pid], out, opts, (tests or {}).get(pid))
 
 
 def load_graded(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -183,23 +211,29 @@ def metrics_from_graded(records: Iterable[dict[str, Any]], pass_k: list[int], co
 
     keep = set(problem_ids) if problem_ids is not None else None
     by_problem: dict[str, list[Sample]] = {}
+    code = 0
     for rec in records:
         pid = group(rec)
         if keep is not None and pid not in keep:
             continue
         by_problem.setdefault(pid, []).append(_as_sample(rec))
+        code += "code" in rec
     same = partial(equivalent, timeout_s=timeout_s)
     workers = resolve_workers(workers)
     if workers <= 1 or len(by_problem) < 64:
-        return benchmark_metrics(by_problem, pass_k=pass_k, cons_k=cons_k, bootstrap_resamples=bootstrap_resamples,
-                                 seed=seed, same=same)
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+        m = benchmark_metrics(by_problem, pass_k=pass_k, cons_k=cons_k, bootstrap_resamples=bootstrap_resamples,
+                              seed=seed, same=same)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
 
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        return benchmark_metrics(by_problem, pass_k=pass_k, cons_k=cons_k, bootstrap_resamples=bootstrap_resamples,
-                                 seed=seed, same=same, map_fn=partial(pool.map, chunksize=8))
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            m = benchmark_metrics(by_problem, pass_k=pass_k, cons_k=cons_k, bootstrap_resamples=bootstrap_resamples,
+                                  seed=seed, same=same, map_fn=partial(pool.map, chunksize=8))
+    if code:  # programs: no extracted answer to vote on, so cons@k is not defined
+        m["cons@k"] = {}
+    return m
 
 
 # --------------------------------------------------------------------------- score-only mode
@@ -210,8 +244,10 @@ def _score_pending(paths: list[Path]) -> Iterator[PendingSample]:
     for loc in iter_records(paths):
         rec = loc.record
         ans = rec.get("answer")
-        if ans is None or (isinstance(ans, str) and not ans.strip()):
-            raise RecordError(loc.path, loc.line, "missing or empty reference answer", field="answer")
+        tests = _tests_of(rec, loc)
+        if tests is None and (ans is None or (isinstance(ans, str) and not ans.strip())):
+            raise RecordError(loc.path, loc.line, "missing or empty reference answer (or `tests` for code)",
+                              field="answer")
         if isinstance(rec.get("response"), str):
             response = rec["response"]
         elif "messages" in rec:
@@ -235,12 +271,25 @@ def _score_pending(paths: list[Path]) -> Iterator[PendingSample]:
         out.update({"scored_from": f"{loc.path}:{loc.line}", "benchmark": bench, "problem_id": pid,
                     "sample_index": sidx, "truncated": rec.get("finish_reason") == "length",
                     "completion_tokens": rec.get("completion_tokens", _completion_tokens(rec))})
-        yield PendingSample(out["scored_from"], response, str(ans), out, choices_of(rec))
+        yield PendingSample(out["scored_from"], response, "" if ans is None else str(ans), out, choices_of(rec), tests)
+
+
+def _tests_of(rec: dict[str, Any], loc: Any) -> Any:
+    """A record's validated ``tests`` (code), or None; a malformed one is an error naming the field."""
+    if rec.get("tests") is None:
+        return None
+    from pipeline.code.tests import TestsError, parse_tests
+
+    try:
+        return parse_tests(rec["tests"])
+    except TestsError as exc:
+        raise RecordError(loc.path, loc.line, str(exc), field=exc.field) from None
 
 
 def score_inputs(inputs: list[str], output_path: str | Path, pass_k: list[int], cons_k: list[int] | None = None,
                  workers: int = 0, timeout_s: float = 5.0, require_think: bool = True, batch_size: int = 2048,
-                 bootstrap_resamples: int = 1000, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                 bootstrap_resamples: int = 1000, seed: int = 0, progress: bool = True,
+                 sandbox: Any = None) -> dict[str, Any]:
     """Grade existing responses into ``output_path`` (resumable) and compute metrics per benchmark.
 
     Returns ``{"benchmarks": {name: metrics}, "grading": {...}}``.
@@ -252,7 +301,7 @@ def score_inputs(inputs: list[str], output_path: str | Path, pass_k: list[int], 
     with ShardWriter(output_path, key=lambda r: r["scored_from"]) as writer:
         stats = grade_into(_score_pending(paths), writer, workers=workers, timeout_s=timeout_s,
                            require_think=require_think, batch_size=batch_size, desc="scoring",
-                           progress=progress)
+                           progress=progress, sandbox=sandbox)
     by_bench: dict[str, list[dict[str, Any]]] = {}
     for rec in load_graded(output_path):
         by_bench.setdefault(rec["benchmark"], []).append(rec)

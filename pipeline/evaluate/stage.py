@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from pipeline.code.sandbox import SandboxConfig
 from pipeline.cliutil import add_stage_action, add_stage_parser, config_from_args
 from pipeline.config import ConfigError, Section, StageConfig, load_config
 from pipeline.evaluate.benchmarks import BenchmarkSpec, canonical_name, load_problems, resolve_spec
@@ -67,6 +68,8 @@ class ScoringSettings(StageConfig):
     bootstrap_resamples: int = Field(1000, ge=10, description="bootstrap resamples for the 95% intervals")
     bootstrap_seed: int = Field(0, description="seed of the bootstrap")
     progress: bool = Field(True, description="show progress bars")
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="code benchmarks (humaneval, mbpp, "
+                                   "records with `tests`): isolation and limits for running each program")
 
 
 class EvalConfig(ScoringSettings):
@@ -274,15 +277,16 @@ def run_one(cfg: EvalConfig, model: str, label: str, revision: str | None, out: 
         probs = problems[spec.name]
         answers = {p.id: p.answer for p in probs}
         choices = {p.id: list(p.choices) for p in probs if p.choices is not None}
+        tests = {p.id: p.meta["tests"] for p in probs if "tests" in p.meta}
         shards = sorted((out / spec.name / "generations").glob("shard-*.jsonl"))
         samples_path = out / spec.name / "samples.jsonl"
         t = time.perf_counter()
         with ShardWriter(samples_path, key=sample_key) as writer:
             total = sum(_count_lines(f) for f in shards)
-            gstats = grade_into(samples_from_generations(shards, spec.name, answers, choices), writer, workers=workers,
-                                total=total, batch_size=cfg.grading_batch,
+            gstats = grade_into(samples_from_generations(shards, spec.name, answers, choices, tests), writer,
+                                workers=workers, total=total, batch_size=cfg.grading_batch,
                                 timeout_s=cfg.grading_timeout_s, require_think=cfg.require_think,
-                                desc=f"grading {spec.name}", progress=cfg.progress)
+                                desc=f"grading {spec.name}", progress=cfg.progress, sandbox=cfg.sandbox)
         dt = time.perf_counter() - t
         timing["grading_s"] += dt
         timing["per_benchmark"][spec.name].update({"grading_s": dt, "graded": gstats["graded"],
@@ -420,6 +424,7 @@ def _score(cfg: ScoreConfig, out: Path, label: str) -> dict[str, Any]:
 
     res = score_inputs(cfg.inputs, out / "scored.jsonl", cfg.pass_k, cfg.cons_k, workers=cfg.grading_workers,
                        timeout_s=cfg.grading_timeout_s, require_think=cfg.require_think, batch_size=cfg.grading_batch,
+                       sandbox=cfg.sandbox,
                        bootstrap_resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed, progress=cfg.progress)
     paper_key = match_reference(label)
     for name, m in res["benchmarks"].items():
