@@ -23,12 +23,14 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pipeline.answer_extract import THINK_CLOSE, extract_answer, extract_boxed
+from pipeline.answer_forms import _THOUSANDS_RE, cheap_verdict, light_form, normalize_answer, too_large
+
 __all__ = ["Grade", "extract_answer", "extract_boxed", "normalize_answer", "grade", "grade_many", "equivalent",
            "STATUSES"]
 
 log = logging.getLogger(__name__)
 STATUSES = ("correct", "wrong", "no_answer", "unclosed_think", "timeout", "error")
-THINK_CLOSE = "</think>"
 
 
 @dataclass(frozen=True)
@@ -38,82 +40,29 @@ class Grade:
     status: str  # one of STATUSES
 
 
-# --------------------------------------------------------------------------- extraction
+# --------------------------------------------------------------------------- equality
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_ANSWER_IS_RE = re.compile(
-    r"(?:final answer|the answer)\s*(?:is|:|=)\s*:?\s*(.+?)(?:\.\s|\.$|\n|$)", re.IGNORECASE)
-_HASH_RE = re.compile(r"####\s*([^\n]+)")
-
-
-def extract_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}``/``\\fbox{...}`` with balanced braces, or None."""
-    starts = [m.end() for m in _BOX_RE.finditer(text)]
-    for start in reversed(starts):
-        depth = 1
-        i = start
-        while i < len(text):
-            ch = text[i]
-            if ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    content = text[start:i].strip()
-                    if content:
-                        return content
-                    break
-            i += 1
-    # ``\boxed 5`` (no braces) is rare but legal LaTeX.
-    m = re.findall(r"\\boxed\s+([^\s$]+)", text)
-    return m[-1] if m else None
-
-
-def extract_answer(text: str) -> str | None:
-    """The final answer of a response (text after ``</think>`` when present), or None."""
-    if THINK_CLOSE in text:
-        text = text.rsplit(THINK_CLOSE, 1)[1]
-    boxed = extract_boxed(text)
-    if boxed is not None:
-        return boxed
-    found = _ANSWER_IS_RE.findall(text)
-    if found:
-        ans = found[-1].strip().strip("$ ").rstrip(".").strip()
-        return ans or None
-    found = _HASH_RE.findall(text)
-    if found:
-        return found[-1].strip() or None
-    return None
-
-
-# --------------------------------------------------------------------------- normal form
-
-_TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
-_THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_SPACE_CMDS = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~")
 _INT_RE = re.compile(r"-?\d{1,4000}")  # a plain integer normal form (bounded: int() of a huge string is slow)
+_TRIG = re.compile(r"\\(?:sin|cos|tan|sec|csc|cot)")
+_DEGREES = re.compile(r"(\d+(?:\.\d+)?)\s*\^\s*\{?\\circ\}?")
+_PROBE_POINTS = (0.7316, 1.2941, 0.5873)  # fixed points for the numeric identity test
+_REL_TOL = 1e-9
 
 
-def normalize_answer(ans: str) -> str:
-    """A conservative normal form: equal normal forms mean equal answers (never the converse)."""
-    s = ans.strip().strip("$").strip().replace("{,}", ",")  # LaTeX thousands separator 1{,}000
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\left", "").replace("\\right", "")
-    s = _SPACE_CMDS.sub("", s)
-    s = _TEXT_RE.sub(r"\1", s)
-    s = s.replace("^\\circ", "").replace("^{\\circ}", "").replace("\\%", "%")
-    s = re.sub(r"\s+", "", s)
-    s = s.rstrip(".")
-    if _THOUSANDS_RE.match(s):
-        s = s.replace(",", "")
-    if re.fullmatch(r"-?\d+\.\d*?0+", s):  # 2.50 -> 2.5, 3.0 -> 3
-        s = s.rstrip("0").rstrip(".")
-    return s
+class _TooLarge(Exception):
+    """An answer refused before sympy (see :func:`pipeline.answer_forms.too_large`)."""
 
-
-# --------------------------------------------------------------------------- math-verify
 
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
+
+
+def _prepare(ans: str) -> str:
+    """Text handed to math-verify: thousands separators out, escaping artifacts fixed, degrees in trig."""
+    if _TRIG.search(ans):
+        ans = _DEGREES.sub(r"\\frac{\1\\pi}{180}", ans)
+    s = light_form(ans)
+    return s.replace(",", "") if _THOUSANDS_RE.match(s) else s
 
 
 def _mv_equal(reference: str, answer: str, timeout_s: float) -> bool:
@@ -121,35 +70,92 @@ def _mv_equal(reference: str, answer: str, timeout_s: float) -> bool:
     from math_verify import parse, verify
 
     t = max(1, int(round(timeout_s))) if _in_main_thread() else None  # signal.alarm is main-thread only
-    gold = parse(f"\\boxed{{{_strip_thousands(reference)}}}", parsing_timeout=t, raise_on_error=True)
+    gold = parse(f"\\boxed{{{_prepare(reference)}}}", parsing_timeout=t, raise_on_error=True)
     if not gold:
         gold = parse(reference, parsing_timeout=t, raise_on_error=True)
-    pred = parse(f"\\boxed{{{_strip_thousands(answer)}}}", parsing_timeout=t, raise_on_error=True)
+    pred = parse(f"\\boxed{{{_prepare(answer)}}}", parsing_timeout=t, raise_on_error=True)
     if not gold or not pred:
         return False
-    return bool(verify(gold, pred, timeout_seconds=t, raise_on_error=True))
+    # allow_set_relation_comp: "x \in [a, b]" vs "a <= x <= b" must pass in both directions (cons@k).
+    if verify(gold, pred, timeout_seconds=t, raise_on_error=True, allow_set_relation_comp=True):
+        return True
+    return _sympy_identity(gold[0], pred[0])
 
 
-def _strip_thousands(ans: str) -> str:
-    s = ans.strip().strip("$").strip().replace("{,}", ",")
-    return s.replace(",", "") if _THOUSANDS_RE.match(s) else s
+def _as_function_value(e):
+    """``rhs`` of ``y = rhs`` / ``f(x) = rhs`` (a name being defined), else ``e``."""
+    import sympy
+
+    if isinstance(e, sympy.Eq) and (isinstance(e.lhs, sympy.Symbol) or
+                                    isinstance(e.lhs, sympy.core.function.AppliedUndef)):
+        return e.rhs
+    return e
 
 
-def equivalent(a: str, b: str, timeout_s: float = 5.0) -> bool:
-    """Whether two extracted answers are the same (used for majority voting). Errors -> False."""
-    na, nb = normalize_answer(a), normalize_answer(b)
+def _sympy_identity(a, b) -> bool:
+    """Equal as functions: same free symbols and equal values at fixed probe points (rel. 1e-9).
+
+    Settles what ``simplify`` misses: trig identities (``\\sec x`` vs ``1/\\cos x``), float exponents,
+    ``i`` written for the imaginary unit (when it is the only symbol on both sides), and
+    ``f(x) = 2x+3`` vs ``y = 2x+3``. Sets, intervals, matrices and relations are left to math-verify.
+    """
+    import sympy
+
+    a, b = _as_function_value(a), _as_function_value(b)
+    if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr)):
+        return False
+    syms = a.free_symbols | b.free_symbols
+    if syms and {str(s) for s in syms} == {"i"}:
+        imaginary = {s: sympy.I for s in syms}
+        a, b, syms = a.subs(imaginary), b.subs(imaginary), set()
+    if a.free_symbols != b.free_symbols or len(syms) > 3 or a.has(sympy.core.function.AppliedUndef):
+        return False
+    ordered = sorted(syms, key=str)
+    for k in range(len(_PROBE_POINTS) if ordered else 1):
+        point = {s: _PROBE_POINTS[(k + j) % len(_PROBE_POINTS)] for j, s in enumerate(ordered)}
+        va, vb = complex(a.evalf(20, subs=point)), complex(b.evalf(20, subs=point))
+        if abs(va - vb) > _REL_TOL * max(1.0, abs(va), abs(vb)):
+            return False
+    return True
+
+
+def _equal(reference: str, answer: str, timeout_s: float) -> bool:
+    """One equality decision: normal form, numbers/clock/units, then math-verify (may raise)."""
+    la, lb = light_form(reference), light_form(answer)
+    na, nb = normalize_answer(reference), normalize_answer(answer)
     if na == nb:
         return True
     if _INT_RE.fullmatch(na) and _INT_RE.fullmatch(nb):
-        return int(na) == int(nb)
+        return int(na) == int(nb)  # two plain integers (most AIME/AMC/GSM8K answers): skip sympy (~20 ms)
+    verdict = cheap_verdict(la, lb)
+    if verdict is not None:
+        return verdict
+    if too_large(reference) or too_large(answer):
+        raise _TooLarge(answer[:80])
+    return _mv_equal(reference, answer, timeout_s)
+
+
+def _settle(reference: str, answer: str, timeout_s: float, symmetric: bool) -> str:
+    """``correct``/``wrong``/``timeout``/``error`` for two extracted answers. Never raises."""
     try:
-        return _mv_equal(a, b, timeout_s)
-    except Exception:
-        return False
+        ok = _equal(reference, answer, timeout_s) or (symmetric and _equal(answer, reference, timeout_s))
+    except _TooLarge:
+        return "timeout"
+    except MemoryError:
+        return "error"
+    except Exception as exc:  # a parser bug
+        log.debug("math-verify error on %r vs %r: %s", answer, reference, exc)
+        return "error"
     except BaseException as exc:  # math_verify's TimeoutException derives from BaseException
         if type(exc).__name__ != "TimeoutException":
             raise
-        return False
+        return "timeout"
+    return "correct" if ok else "wrong"
+
+
+def equivalent(a: str, b: str, timeout_s: float = 5.0) -> bool:
+    """Whether two extracted answers are the same (majority voting). Symmetric; errors -> False."""
+    return _settle(a, b, timeout_s, symmetric=True) == "correct"
 
 
 def grade(response: str, reference: str, timeout_s: float = 5.0, require_think: bool = True,
@@ -168,23 +174,8 @@ def grade(response: str, reference: str, timeout_s: float = 5.0, require_think: 
     extracted = extract_answer(response)
     if extracted is None:
         return Grade(False, None, "no_answer")
-    norm_pred, norm_ref = normalize_answer(extracted), normalize_answer(str(reference))
-    if norm_pred == norm_ref:
-        return Grade(True, extracted, "correct")
-    if _INT_RE.fullmatch(norm_pred) and _INT_RE.fullmatch(norm_ref):
-        # Two plain integers (most AIME/AMC/GSM8K/MATH answers): compare values, skip sympy (~20 ms).
-        ok = int(norm_pred) == int(norm_ref)
-        return Grade(ok, extracted, "correct" if ok else "wrong")
-    try:
-        ok = _mv_equal(str(reference), extracted, timeout_s)
-    except Exception as exc:  # a parser bug
-        log.debug("math-verify error on %r vs %r: %s", extracted, reference, exc)
-        return Grade(False, extracted, "error")
-    except BaseException as exc:  # math_verify's TimeoutException derives from BaseException
-        if type(exc).__name__ != "TimeoutException":
-            raise
-        return Grade(False, extracted, "timeout")
-    return Grade(ok, extracted, "correct" if ok else "wrong")
+    status = _settle(str(reference), extracted, timeout_s, symmetric=False)
+    return Grade(status == "correct", extracted, status)
 
 
 def _grade_star(args: tuple) -> Grade:
