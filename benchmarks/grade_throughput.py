@@ -2,6 +2,8 @@
 
     python benchmarks/grade_throughput.py                    # 10,000 responses, every core
     python benchmarks/grade_throughput.py --n 2000 --workers 2 --skip-eval
+    git show 1c27d39:pipeline/grading.py > /tmp/old_grading.py
+    python benchmarks/grade_throughput.py --n 2000 --skip-eval --other-grader /tmp/old_grading.py
 
 Part 1 synthesises ``--n`` responses of about 4K tokens each (a long ``<think>`` block built from
 real MATH solutions, then a final ``\\boxed{}``), with answers taken from MATH-500 when
@@ -150,6 +152,30 @@ def bench_grading(args: argparse.Namespace) -> dict:
             "target_per_core": TARGET_PER_CORE}
 
 
+def bench_against_other_grader(args: argparse.Namespace) -> dict:
+    """Serial rate of this grader vs another ``grading.py`` (e.g. ``git show REF:pipeline/grading.py``),
+    interleaved in one process so machine load hits both alike; also counts verdicts that differ."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("other_grading", args.other_grader)
+    other = importlib.util.module_from_spec(spec)
+    sys.modules["other_grading"] = other
+    spec.loader.exec_module(other)
+    pairs, _ = synthesize(args.baseline_n, args.seed + 1)
+    rates: dict[str, list[float]] = {"this": [], "other": []}
+    verdicts = {}
+    for _ in range(2):
+        for name, fn in (("other", other.grade), ("this", grade)):
+            t = time.perf_counter()
+            verdicts[name] = [fn(r, a, timeout_s=args.timeout).status for r, a in pairs]
+            rates[name].append(len(pairs) / (time.perf_counter() - t))
+    this, oth = max(rates["this"]), max(rates["other"])
+    differ = sum(a != b for a, b in zip(verdicts["this"], verdicts["other"]))
+    print(f"this grader {this:,.0f}/s vs {args.other_grader} {oth:,.0f}/s (serial, best of 2 interleaved): "
+          f"x{this / oth:.2f}; {differ} of {len(pairs)} statuses differ")
+    return {"this_rate": this, "other_rate": oth, "ratio": this / oth, "statuses_differ": differ}
+
+
 def bench_eval_split(args: argparse.Namespace) -> dict | None:
     if not (SHARED / "math500.jsonl").is_file():
         print("eval split: skipped (../shared/data/math500.jsonl not found)")
@@ -189,9 +215,13 @@ def main() -> None:
     p.add_argument("--eval-problems", type=int, default=20)
     p.add_argument("--eval-n", type=int, default=2)
     p.add_argument("--eval-tokens", type=int, default=64)
+    p.add_argument("--other-grader", help="a grading.py to compare speed with, e.g. from "
+                   "`git show REF:pipeline/grading.py > /tmp/old_grading.py`")
     p.add_argument("--json", help="also write the numbers to this JSON file")
     args = p.parse_args()
     out = {"grading": bench_grading(args)}
+    if args.other_grader:
+        out["vs_other_grader"] = bench_against_other_grader(args)
     if not args.skip_eval:
         out["eval_split"] = bench_eval_split(args)
     if args.json:

@@ -167,10 +167,13 @@ def cheap_verdict(a: str, b: str) -> bool | None:
 
 
 _BIG_EXP = re.compile(r"\^\s*\{?\s*\(?\s*(\d{5,})|(\d{5,})\s*!")
+_POWER_EXP = re.compile(r"\^\s*\{\s*(\d{1,6})\s*\^\s*\{?\s*(\d{1,6})\s*\}?\s*\}")  # an exponent written b^e
 
 
 def too_large(ans: str) -> bool:
     """An answer whose exact value sympy could not hold (``(x+1)^{100000000}``, ``100000!``)."""
     if len(ans) > 2000:
         return True
-    return any(int(a or b) > MAX_EXPONENT for a, b in _BIG_EXP.findall(ans))
+    if any(int(a or b) > MAX_EXPONENT for a, b in _BIG_EXP.findall(ans)):
+        return True
+    return any(int(e) * math.log10(max(int(b), 1)) > math.log10(MAX_EXPONENT) for b, e in _POWER_EXP.findall(ans))

@@ -1,18 +1,24 @@
-"""The one grader: final-answer extraction + math-verify. Callers: ``filters/answer.py`` and the eval stage.
+"""The one grader: final-answer extraction + equality. Callers: ``filters/answer.py`` and the eval stage.
 
 Protocol (DeepSeek-R1 style):
 
 1. Only the text after ``</think>`` is graded. A response without a closed think block is wrong
    (status ``unclosed_think``) when ``require_think`` is set: its "answer" is reasoning cut short.
-2. The final answer is the content of the *last* ``\\boxed{...}`` (or ``\\fbox``), braces balanced;
-   failing that, an explicit "the (final) answer is X" / "#### X" (GSM8K style). Nothing found ->
-   ``no_answer``.
-3. A cheap normal-form string comparison decides the easy cases (``\\dfrac`` vs ``\\frac``, spaces,
-   ``\\text{}``, thousands separators, a trailing period, degrees); otherwise math-verify decides
-   (fractions vs decimals, sets in any order, intervals, tuples, percentages, symbolic equality).
-4. math-verify's own ``signal.alarm`` timeouts bound each parse/verify; a timeout counts as wrong
-   with status ``timeout`` so one pathological answer cannot stall a run. Because of that alarm,
-   parallel grading uses processes (:func:`grade_many`), never threads.
+2. Extraction (:mod:`pipeline.answer_extract`): the last run of ``\\boxed{}`` (boxes separated only
+   by connectors such as "and" form one answer; a box after other words corrects the earlier ones),
+   unless a "final answer is X" statement follows the boxes; without a box, the last "the (final)
+   answer is X" / "Answer $X$" / "#### X". Nothing found -> ``no_answer``.
+3. Equality, cheapest first: the normal form and integer values; numbers (mixed numbers, scientific
+   notation vs fractions within one unit of the last written digit, at least 6 significant digits),
+   clock times, unit words against a bare number (:mod:`pipeline.answer_forms`); then math-verify
+   (sets, intervals, tuples, matrices, relations, symbolic equality) and, when it says no, a numeric
+   identity test at fixed points (trig identities, ``i``, float exponents; :func:`_sympy_identity`).
+   :func:`equivalent` (majority voting) is symmetric: it accepts when either direction does.
+4. Bounded work: math-verify's ``signal.alarm`` timeouts bound each parse/verify (a timeout is wrong,
+   status ``timeout``); answers sympy could not hold (an exponent or factorial above 10,000, more than
+   2,000 characters) are refused before sympy with status ``timeout``; :func:`grade_many` caps each
+   worker's address space (``worker_memory_mb``), so a runaway answer ends as ``error`` in one worker.
+   Because of the alarm, parallel grading uses processes, never threads.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ _TRIG = re.compile(r"\\(?:sin|cos|tan|sec|csc|cot)")
 _DEGREES = re.compile(r"(\d+(?:\.\d+)?)\s*\^\s*\{?\\circ\}?")
 _PROBE_POINTS = (0.7316, 1.2941, 0.5873)  # fixed points for the numeric identity test
 _REL_TOL = 1e-9
+_MAX_IDENTITY_OPS = 120  # larger expressions are not probed (evalf time stays in the milliseconds)
+DEFAULT_WORKER_MEMORY_MB = 2048
 
 
 class _TooLarge(Exception):
@@ -109,6 +117,8 @@ def _sympy_identity(a, b) -> bool:
         imaginary = {s: sympy.I for s in syms}
         a, b, syms = a.subs(imaginary), b.subs(imaginary), set()
     if a.free_symbols != b.free_symbols or len(syms) > 3 or a.has(sympy.core.function.AppliedUndef):
+        return False
+    if sympy.count_ops(a) + sympy.count_ops(b) > _MAX_IDENTITY_OPS:
         return False
     ordered = sorted(syms, key=str)
     for k in range(len(_PROBE_POINTS) if ordered else 1):
@@ -182,14 +192,40 @@ def _grade_star(args: tuple) -> Grade:
     return grade(*args)
 
 
-def _quiet_worker() -> None:
+def limit_worker_memory(extra_mb: int) -> None:
+    """Cap this process's address space (RLIMIT_AS) at its current size plus ``extra_mb``.
+
+    For grading worker processes: an answer that makes sympy allocate without bound then fails with
+    ``MemoryError`` in that worker (graded ``error``, i.e. wrong) instead of taking the machine down.
+    Never call it in a process that does anything else.
+    """
+    import resource
+
+    vm_kb = 0
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            vm_kb = next((int(line.split()[1]) for line in f if line.startswith("VmSize:")), 0)
+    except OSError:
+        return  # not Linux: no cap
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = vm_kb * 1024 + extra_mb * 1024 * 1024
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+
+
+def _init_worker(memory_mb: int | None) -> None:
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    if memory_mb:
+        limit_worker_memory(memory_mb)
 
 
 def grade_many(pairs: Sequence[tuple], workers: int = 1, timeout_s: float = 5.0,
-               require_think: bool = True, chunksize: int = 64) -> list[Grade]:
+               require_think: bool = True, chunksize: int = 64,
+               worker_memory_mb: int | None = DEFAULT_WORKER_MEMORY_MB) -> list[Grade]:
     """Grade ``(response, reference)`` or ``(response, reference, choices)`` tuples, in order, over
-    ``workers`` processes (1 = in-process)."""
+    ``workers`` processes (1 = in-process). Each worker's address space is capped at its size after
+    the fork plus ``worker_memory_mb`` (None: no cap)."""
     jobs = [(p[0], p[1], timeout_s, require_think, p[2] if len(p) > 2 else None) for p in pairs]
     if workers <= 1 or len(jobs) < 2 * chunksize:
         return [_grade_star(j) for j in jobs]
@@ -198,5 +234,6 @@ def grade_many(pairs: Sequence[tuple], workers: int = 1, timeout_s: float = 5.0,
 
     # fork keeps start-up cheap (math-verify and sympy already imported in the parent when used).
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_quiet_worker) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(worker_memory_mb,)) as pool:
         return list(pool.map(_grade_star, jobs, chunksize=chunksize))

@@ -63,6 +63,18 @@ def test_majority_vote_groups_equivalent_answers():
     assert ans == "\\frac{1}{2}" and ok and votes == 3
 
 
+@pytest.mark.parametrize("first,second", [
+    ("x \\in [-2,7]", "-2 \\le x \\le 7"),   # interval vs inequality: math-verify alone passes one way only
+    ("10 weeks", "10"),                         # a unit word vs a bare number
+    ("8:34 PM", "20:34"),                       # clock times
+    ("1 1/2", "\\frac{3}{2}"),                  # a mixed number
+])
+def test_majority_vote_groups_the_same_whichever_answer_comes_first(first, second):
+    for answers in ([first, second, "3"], [second, first, "3"]):
+        _, ok, votes = majority_vote(answers, [True, True, False])
+        assert (votes, ok) == (2, True), answers
+
+
 def test_majority_vote_tie_goes_to_first_seen_and_no_votes_is_wrong():
     ans, ok, votes = majority_vote(["7", "8", "8", "7"], [False, True, True, False])
     assert ans == "7" and not ok and votes == 2

@@ -8,8 +8,9 @@ Rules (DeepSeek-R1 protocol, Chen et al. 2021 for pass@k):
   ``k <= n``), averaged over problems. Computed as a running product, never with huge binomials.
 * **cons@k** is majority voting over the *extracted* answers of the first ``k`` samples
   (``sample_index < k``): equivalent answers are grouped (normal form first, then
-  :func:`pipeline.grading.equivalent`), samples without an answer do not vote, ties go to the
-  answer seen first; the problem counts as solved when the winning group's samples were graded
+  :func:`pipeline.grading.equivalent`, which is symmetric, so the groups do not depend on which
+  sample came first; an answer joins the first group whose first answer it equals), samples
+  without an answer do not vote, ties go to the answer seen first; the problem counts as solved when the winning group's samples were graded
   correct. A problem whose samples give no answer at all is unsolved.
 * **ci95** is a seeded percentile bootstrap over problems (problems are resampled with
   replacement, each keeping its own per-problem score), so it reflects how many problems the
