@@ -64,9 +64,13 @@ class TrainConfig(StageConfig):
     # model execution
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="mixed precision: auto = bf16 on GPUs that support it (or the accelerate config's), else fp32")
-    attn_implementation: str = Field("auto", description="auto = flash_attention_2 when installed on GPU, else sdpa")
+    attn_implementation: str = Field(
+        "auto", description="auto = flash_attention_2 (flash-attn installed, GPU), else varlen (torch's FlashAttention "
+                            "varlen kernel, GPU), else sdpa; also: varlen, flex_attention, sdpa, eager")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
     loss_chunk_tokens: int = Field(2048, gt=0, description="logit rows upcast to fp32 at a time in the loss")
+    fused_loss: bool = Field(True, description="lm_head x cross-entropy fused chunk by chunk, no full logits kept "
+                                               "(off, or under FSDP/ZeRO-3: logits of trained positions)")
     lora: LoraConfig | None = Field(None, description="train LoRA adapters instead of all weights")
     seed: int = Field(42, description="seed for init, data order and dropout")
 

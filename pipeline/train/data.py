@@ -411,14 +411,34 @@ def collate(corpus: Corpus, mb: list[tuple[int, ...]], pad_id: int, packing: boo
             position_ids[b, pos:] = torch.arange(T - pos)
         keys.append(row_keys)
         spans.append(row_spans)
+    cu, max_len = _document_bounds(spans, T)
     batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
-             "num_tokens": micro_batch_tokens(corpus, mb), "sample_keys": keys, "sample_spans": spans}
+             "num_tokens": micro_batch_tokens(corpus, mb), "sample_keys": keys, "sample_spans": spans,
+             "cu_seqlens": cu, "max_seqlen": max_len}
     if not packing:
         mask = torch.zeros((B, T), dtype=torch.long)
         for b, n in enumerate(lens):
             mask[b, :n] = 1
         batch["attention_mask"] = mask
     return batch
+
+
+def _document_bounds(spans: list[list[tuple[int, int]]], T: int) -> tuple[Any, int]:
+    """``cu_seqlens`` over the flattened ``[B * T]`` batch (every sample, and every row's padding
+    tail, is its own document) and the longest document: what varlen attention needs."""
+    import torch
+
+    bounds, longest = [0], 1
+    for b, row in enumerate(spans):
+        end = 0
+        for pos, n in row:
+            bounds.append(b * T + pos + n)
+            longest = max(longest, n)
+            end = pos + n
+        if end < T:
+            bounds.append((b + 1) * T)
+            longest = max(longest, T - end)
+    return torch.tensor(bounds, dtype=torch.int32), longest
 
 
 def to_device(batch: dict, device: Any) -> dict:
@@ -430,6 +450,10 @@ def model_inputs(batch: dict) -> dict:
     out = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
     if "attention_mask" in batch:
         out["attention_mask"] = batch["attention_mask"]
+    if batch.get("varlen"):
+        from pipeline.train.attention import batch_kwargs
+
+        out.update(batch_kwargs(batch))
     return out
 
 
@@ -445,7 +469,7 @@ def next_token_targets(batch: dict) -> tuple[Any, Any]:
 def check_packing_support(cfg: Any, attn: str) -> None:
     """Packing needs an attention that honours position-id resets: flash-attention varlen, or
     transformers' packed-sequence masks for sdpa/eager (transformers >= 4.55)."""
-    if not cfg.packing or attn.startswith("flash"):
+    if not cfg.packing or attn.startswith("flash") or attn == "distill_varlen":
         return
     try:
         from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401

@@ -110,17 +110,6 @@ def teacher_hidden(teacher, batch: dict):
     return out.hidden_states[-1]
 
 
-def _weights_sharded(accelerator) -> bool:
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.FSDP:
-        return True
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        plugin = accelerator.state.deepspeed_plugin
-        return plugin is not None and plugin.zero_stage == 3
-    return False
-
-
 # --------------------------------------------------------------------------- the loss
 
 class KDLoss:
@@ -128,12 +117,13 @@ class KDLoss:
 
     def __init__(self, cfg: KDConfig, accelerator, tokenizer, corpus, teacher=None, cache=None, vocab_size=None):
         from pipeline.train.losses import KDSpec
+        from pipeline.train.models import weights_sharded
 
         self.cfg, self.accelerator, self.teacher, self.cache = cfg, accelerator, teacher, cache
         self.vocab = vocab_size or len(tokenizer)
         self.spec = KDSpec(kind=cfg.kd_loss, beta=cfg.kd_beta, temperature=cfg.kd_temperature, alpha=cfg.kd_alpha,
                            chunk_size=cfg.kd_chunk_size)
-        self.fused = cfg.kd_fused and not _weights_sharded(accelerator)
+        self.fused = cfg.kd_fused and not weights_sharded(accelerator)
 
     def _teacher_rows(self, batch: dict, mask):
         """A ``teacher(start, end)`` callable over the batch's trained tokens (row-major order)."""
@@ -175,6 +165,7 @@ class KDLoss:
         from pipeline.train.data import model_inputs, next_token_targets
         from pipeline.train.loop import LossOutput
         from pipeline.train.losses import chunked_kd_from_logits, fused_linear_kd
+        from pipeline.train.models import output_head
 
         nxt = batch["labels"][:, 1:]
         mask = nxt != -100
@@ -183,9 +174,9 @@ class KDLoss:
         if self.fused:
             out = model(**model_inputs(batch), output_hidden_states=True, logits_to_keep=1)
             hidden = out.hidden_states[-1][:, :-1][mask]
-            head = self.accelerator.unwrap_model(model).get_output_embeddings()
-            bias = None if getattr(head, "bias", None) is None else head.bias[: self.vocab]
-            sums = fused_linear_kd(hidden, head.weight[: self.vocab], targets, teacher, self.spec, bias=bias)
+            weight, bias = output_head(self.accelerator, model)
+            bias = None if bias is None else bias[: self.vocab]
+            sums = fused_linear_kd(hidden, weight[: self.vocab], targets, teacher, self.spec, bias=bias)
         else:
             positions, pos_targets = next_token_targets(batch)
             logits = model(**model_inputs(batch), logits_to_keep=positions).logits
@@ -205,6 +196,7 @@ def _make_loss_factory(cfg: KDConfig, info: dict):
         import torch
 
         from pipeline.train.kd_cache import TopKCache
+        from pipeline.train.models import weights_sharded
         from pipeline.train.tokenizer_check import check_vocab
 
         student_rows = ctx.accelerator.unwrap_model(ctx.model).get_output_embeddings().weight.shape[0]
@@ -224,7 +216,7 @@ def _make_loss_factory(cfg: KDConfig, info: dict):
         check = check_vocab(t_tok, ctx.tokenizer, teacher.get_output_embeddings().weight.shape[0], student_rows)
         for w in check.warnings:
             log.warning("kd: %s", w)
-        if cfg.teacher_shard and _weights_sharded(ctx.accelerator):
+        if cfg.teacher_shard and weights_sharded(ctx.accelerator):
             teacher = ctx.accelerator.prepare_model(teacher)
             teacher.eval()
         info.update(teacher_source="model", teacher=str(cfg.teacher), vocab_size=check.vocab_size,

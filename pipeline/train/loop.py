@@ -61,6 +61,7 @@ from typing import Any
 
 from pipeline.config import ConfigError
 from pipeline.records import write_json_atomic
+from pipeline.train.attention import VARLEN
 from pipeline.train.config import TrainConfig
 
 __all__ = ["LossOutput", "LossFn", "TrainContext", "run_training", "CosineSchedule", "latest_checkpoint"]
@@ -146,15 +147,9 @@ def make_accelerator(cfg: TrainConfig):
 
 
 def attn_implementation(cfg: TrainConfig) -> str:
-    import importlib.util
+    from pipeline.train.attention import choose
 
-    import torch
-
-    if cfg.attn_implementation != "auto":
-        return cfg.attn_implementation
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    return choose(cfg.attn_implementation, cfg.packing)
 
 
 def load_tokenizer(cfg: TrainConfig):
@@ -365,6 +360,8 @@ def run_training(cfg: TrainConfig, make_loss: Callable[[TrainContext], LossFn], 
     set_seed(cfg.seed)
     attn = attn_implementation(cfg)
     D.check_packing_support(cfg, attn)
+    log.info("attention: %s", attn)
+    varlen = attn == VARLEN
     model = load_student(cfg, attn)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
@@ -440,6 +437,7 @@ def run_training(cfg: TrainConfig, make_loss: Callable[[TrainContext], LossFn], 
             step_parts: dict[str, Any] = {}
             for mb in mine:
                 batch = D.to_device(D.collate(corpus, mb, pad_id=tokenizer.pad_token_id, packing=cfg.packing), device)
+                batch["varlen"] = varlen
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
                         out = loss_fn(model, batch)

@@ -56,7 +56,7 @@ __all__ = [
     "IGNORE_INDEX", "KDKind", "LossSums", "TopK", "KDSpec", "KDSums",
     "log_probs", "token_divergence", "forward_kl", "reverse_kl", "generalized_jsd", "kd_divergence",
     "cross_entropy_sum", "topk_bucket_logprobs", "teacher_topk", "topk_kd",
-    "kd_chunk_sums", "fused_linear_kd", "chunked_kd_from_logits", "naive_kd_from_logits",
+    "kd_chunk_sums", "fused_linear_kd", "fused_linear_cross_entropy", "chunked_kd_from_logits", "naive_kd_from_logits",
 ]
 
 IGNORE_INDEX = -100
@@ -269,57 +269,126 @@ def _forward_kl_chunk(z: torch.Tensor, teacher: torch.Tensor, targets: torch.Ten
     return kd, ce, z
 
 
-class _FusedLinearKD(torch.autograd.Function):
-    """Loss and its gradients computed chunk by chunk in forward; backward only rescales them."""
+# A chunk's loss terms and gradient: ``chunk_fn(z, start, end, need_grad) -> (terms [k], dloss/dz or None)``
+# where ``z`` is the chunk's fp32 logits (the function may overwrite it) and ``terms[0]`` is the loss.
+ChunkFn = Callable[[torch.Tensor, int, int, bool], "tuple[torch.Tensor, torch.Tensor | None]"]
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The matmul dtype autocast would use on ``t``'s device (bf16 under bf16 autocast), else ``t``'s."""
+    dev = t.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return t.dtype
+
+
+class _FusedLinear(torch.autograd.Function):
+    """``sum_chunks chunk_fn(hidden[chunk] @ weight.T + bias)``, gradients computed in forward.
+
+    Per chunk of ``chunk_size`` rows: the logits (fp32), the loss terms and ``dloss/dlogits`` (from
+    ``chunk_fn``), then ``grad_hidden`` rows and ``grad_weight += g^T h`` at once, so backward keeps
+    no logits at all (the Liger "fused linear cross-entropy" design). Matmuls run in the autocast
+    dtype (bf16 on GPUs), accumulation of the weight gradient in fp32.
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, teacher, spec):  # noqa: D401 - autograd API
+    def forward(ctx, hidden, weight, bias, chunk_fn, chunk_size, n_terms):  # noqa: D401 - autograd API
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_h = torch.zeros_like(hidden) if need_h else None
+        need = need_h or need_w or need_b
+        cdt = _compute_dtype(weight)
+        w_c = weight.to(cdt)
+        grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
-        kd_total = hidden.new_zeros((), dtype=torch.float32)
-        ce_total = hidden.new_zeros((), dtype=torch.float32)
-        for start in range(0, hidden.shape[0], spec.chunk_size):
-            end = min(start + spec.chunk_size, hidden.shape[0])
-            h = hidden[start:end]
-            z = F.linear(h, weight, bias).float()
-            gz = None
-            t_chunk = teacher(start, end)
-            closed_form = not isinstance(t_chunk, TopK) and (
-                spec.kind == "forward_kl" or (spec.kind == "jsd" and spec.beta == 0.0))
-            if closed_form:
-                kd, ce, gz = _forward_kl_chunk(z, t_chunk, targets[start:end], spec)
-            else:
-                z.requires_grad_(need_h or need_w or need_b)
-                with torch.enable_grad():
-                    kd, ce = kd_chunk_sums(z, t_chunk, targets[start:end], spec)
-                    if z.requires_grad:
-                        (gz,) = torch.autograd.grad(spec.alpha * kd + (1.0 - spec.alpha) * ce, z)
-            del t_chunk
-            kd_total += kd.detach()
-            ce_total += ce.detach()
-            if need_h or need_w or need_b:
+        totals = hidden.new_zeros((n_terms,), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk_size):
+            end = min(start + chunk_size, hidden.shape[0])
+            h = hidden[start:end].to(cdt)
+            z = F.linear(h, w_c, None if bias is None else bias.to(cdt)).float()
+            terms, gz = chunk_fn(z, start, end, need)
+            totals += terms.detach()
+            if need:
                 if need_h:
-                    grad_h[start:end] = gz.to(weight.dtype) @ weight
+                    grad_h[start:end] = (gz.to(cdt) @ w_c).to(grad_h.dtype)
                 if need_w:
-                    grad_w.addmm_(gz.t(), h.float())
+                    grad_w += (gz.t().to(cdt) @ h).float()
                 if need_b:
                     grad_b += gz.sum(0)
-            del z, kd, ce, gz
+            del z, terms, gz
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
-        ctx.mark_non_differentiable(kd_total, ce_total)
-        return spec.alpha * kd_total + (1.0 - spec.alpha) * ce_total, kd_total, ce_total
+        return totals
 
     @staticmethod
-    def backward(ctx, g_loss, _g_kd, _g_ce):
+    def backward(ctx, g_totals):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         w_dtype, b_dtype = ctx.dtypes
-        out_h = None if grad_h is None else grad_h * g_loss.to(grad_h.dtype)
-        out_w = None if grad_w is None else (grad_w * g_loss).to(w_dtype)
-        out_b = None if grad_b is None else (grad_b * g_loss).to(b_dtype)
+        g = g_totals[0]  # only the first term (the loss) is differentiated
+        out_h = None if grad_h is None else grad_h * g.to(grad_h.dtype)
+        out_w = None if grad_w is None else (grad_w * g).to(w_dtype)
+        out_b = None if grad_b is None else (grad_b * g).to(b_dtype)
         return out_h, out_w, out_b, None, None, None
+
+
+def _fused_linear(hidden, weight, bias, chunk_fn: ChunkFn, chunk_size: int, n_terms: int) -> torch.Tensor:
+    """``[n_terms]`` fp32 sums; element 0 carries the gradient (the others are for logging)."""
+    totals = _FusedLinear.apply(hidden, weight, bias, chunk_fn, chunk_size, n_terms)
+    return torch.cat([totals[:1], totals[1:].detach()])
+
+
+def _ce_chunk(targets: torch.Tensor) -> ChunkFn:
+    """Cross-entropy (T = 1) of rows against ``targets`` and its gradient ``softmax(z) - onehot``."""
+
+    def chunk(z: torch.Tensor, start: int, end: int, need_grad: bool):
+        tgt = targets[start:end].long()
+        lse = torch.logsumexp(z, -1, keepdim=True)
+        ce = (lse.squeeze(-1) - z.gather(-1, tgt[:, None]).squeeze(-1)).sum()
+        if not need_grad:
+            return ce.reshape(1), None
+        z.sub_(lse).exp_()  # softmax, in place
+        z[torch.arange(z.shape[0], device=z.device), tgt] -= 1.0
+        return ce.reshape(1), z
+
+    return chunk
+
+
+def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                               chunk_size: int = 2048, bias: torch.Tensor | None = None) -> LossSums:
+    """Summed next-token cross-entropy from final hidden states ``[n, H]`` of TRAINED tokens and
+    ``lm_head`` (``weight [V, H]``), never holding more than ``chunk_size x V`` fp32 logits and
+    keeping none for backward. Equal to ``cross_entropy_sum(hidden @ weight.T, targets)`` in value
+    and gradient (tested); ``targets [n]`` hold no ``ignore_index``.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    n = torch.tensor(hidden.shape[0], device=hidden.device)
+    if hidden.shape[0] == 0:
+        return LossSums((hidden.sum() * 0.0 + weight.sum() * 0.0).float(), n)
+    totals = _fused_linear(hidden, weight, bias, _ce_chunk(targets), chunk_size, 1)
+    return LossSums(totals[0], n)
+
+
+def _kd_chunk(targets: torch.Tensor, teacher: TeacherChunk, spec: KDSpec) -> ChunkFn:
+    """``(alpha kd + (1 - alpha) ce, kd, ce)`` of rows and the gradient of the first."""
+
+    def chunk(z: torch.Tensor, start: int, end: int, need_grad: bool):
+        t_chunk = teacher(start, end)
+        tgt = targets[start:end]
+        closed_form = not isinstance(t_chunk, TopK) and (
+            spec.kind == "forward_kl" or (spec.kind == "jsd" and spec.beta == 0.0))
+        if closed_form:
+            kd, ce, gz = _forward_kl_chunk(z, t_chunk, tgt, spec)
+        else:
+            gz = None
+            z.requires_grad_(need_grad)
+            with torch.enable_grad():
+                kd, ce = kd_chunk_sums(z, t_chunk, tgt, spec)
+                if need_grad:
+                    (gz,) = torch.autograd.grad(spec.alpha * kd + (1.0 - spec.alpha) * ce, z)
+            kd, ce = kd.detach(), ce.detach()
+        return torch.stack([spec.alpha * kd + (1.0 - spec.alpha) * ce, kd, ce]), gz
+
+    return chunk
 
 
 def _check_spec(spec: KDSpec) -> None:
@@ -345,8 +414,8 @@ def fused_linear_kd(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     if hidden.shape[0] == 0:
         zero = (hidden.sum() * 0.0 + weight.sum() * 0.0).float()
         return KDSums(zero, zero.detach(), zero.detach(), n)
-    loss, kd, ce = _FusedLinearKD.apply(hidden, weight, bias, targets, teacher, spec)
-    return KDSums(loss, kd, ce, n)
+    totals = _fused_linear(hidden, weight, bias, _kd_chunk(targets, teacher, spec), spec.chunk_size, 3)
+    return KDSums(totals[0], totals[1], totals[2], n)
 
 
 def chunked_kd_from_logits(student_logits: torch.Tensor, teacher: TeacherChunk, targets: torch.Tensor,

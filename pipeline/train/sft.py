@@ -27,7 +27,9 @@ class SFTConfig(TrainConfig):
 
 
 def causal_lm_loss(model: Any, batch: dict, chunk_tokens: int = 2048):
-    """Token-summed next-token cross-entropy over the batch's trained tokens (a ``LossOutput``)."""
+    """Token-summed next-token cross-entropy over the batch's trained tokens, from logits the model
+    computes for trained positions only (``logits_to_keep``), upcast to fp32 ``chunk_tokens`` rows at
+    a time. The reference path; :func:`fused_causal_lm_loss` is the default where it applies."""
     import torch.nn.functional as F
 
     from pipeline.train.data import model_inputs, next_token_targets
@@ -44,8 +46,31 @@ def causal_lm_loss(model: Any, batch: dict, chunk_tokens: int = 2048):
     return LossOutput(loss_sum=total, num_tokens=int(batch["num_tokens"]))
 
 
+def fused_causal_lm_loss(model: Any, batch: dict, accelerator: Any, chunk_tokens: int = 2048):
+    """The same loss without full-vocabulary logits: the model returns final hidden states (one
+    logit row per sequence), and :func:`~pipeline.train.losses.fused_linear_cross_entropy` runs
+    ``lm_head`` x cross-entropy ``chunk_tokens`` trained tokens at a time, keeping no logits for
+    backward. Equal to :func:`causal_lm_loss` in value and gradient (tested)."""
+    from pipeline.train.data import model_inputs
+    from pipeline.train.loop import LossOutput
+    from pipeline.train.losses import fused_linear_cross_entropy
+    from pipeline.train.models import output_head
+
+    nxt = batch["labels"][:, 1:]
+    mask = nxt != -100
+    out = model(**model_inputs(batch), output_hidden_states=True, logits_to_keep=1)
+    hidden = out.hidden_states[-1][:, :-1][mask]
+    weight, bias = output_head(accelerator, model)
+    sums = fused_linear_cross_entropy(hidden, weight, nxt[mask], chunk_tokens, bias=bias)
+    return LossOutput(loss_sum=sums.loss_sum, num_tokens=int(batch["num_tokens"]))
+
+
 def _make_loss(ctx) -> Any:
+    from pipeline.train.models import weights_sharded
+
     chunk = ctx.cfg.loss_chunk_tokens
+    if ctx.cfg.fused_loss and not weights_sharded(ctx.accelerator):
+        return lambda model, batch: fused_causal_lm_loss(model, batch, ctx.accelerator, chunk)
     return lambda model, batch: causal_lm_loss(model, batch, chunk)
 
 
