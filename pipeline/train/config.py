@@ -67,6 +67,8 @@ class TrainConfig(StageConfig):
     attn_implementation: str = Field(
         "auto", description="auto = flash_attention_2 (flash-attn installed, GPU), else varlen (torch's FlashAttention "
                             "varlen kernel, GPU), else sdpa; also: varlen, flex_attention, sdpa, eager")
+    save_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="dtype of the saved final weights: auto = the training precision (bf16 after bf16 training)")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
     loss_chunk_tokens: int = Field(2048, gt=0, description="logit rows upcast to fp32 at a time in the loss")
     fused_loss: bool = Field(True, description="lm_head x cross-entropy fused chunk by chunk, no full logits kept "

@@ -259,6 +259,18 @@ def _fsync_dir(path: Path) -> None:
 
 # --------------------------------------------------------------------------- final model
 
+def save_dtype(cfg: TrainConfig, accelerator) -> Any:
+    """The dtype of the saved weights: ``save_dtype``, or (``auto``) the training precision: bf16
+    or fp16 when mixed precision trained in it (fp32 master weights are an optimizer detail and
+    would double the checkpoint), else fp32."""
+    import torch
+
+    name = cfg.save_dtype
+    if name == "auto":
+        name = {"bf16": "bf16", "fp16": "fp16"}.get(str(accelerator.mixed_precision), "fp32")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
 def save_final(accelerator, model, tokenizer, cfg: TrainConfig, out: Path, chat_template: str,
                stop_ids: list[int]) -> Path:
     """``save_pretrained`` (safetensors) + tokenizer into ``out`` via a temp folder and rename.
@@ -287,7 +299,12 @@ def save_final(accelerator, model, tokenizer, cfg: TrainConfig, out: Path, chat_
             gen.eos_token_id = list(dict.fromkeys(have + list(stop_ids)))
             if gen.pad_token_id is None:
                 gen.pad_token_id = tokenizer.pad_token_id
-        to_save.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
+        dtype = save_dtype(cfg, accelerator)
+        if state_dict is None:
+            state_dict = to_save.state_dict()
+        state_dict = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state_dict.items()}
+        to_save.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        _set_config_dtype(tmp / "config.json", dtype)
         tokenizer.chat_template = chat_template
         tokenizer.save_pretrained(tmp)
         if out.exists():
@@ -295,6 +312,16 @@ def save_final(accelerator, model, tokenizer, cfg: TrainConfig, out: Path, chat_
         os.replace(tmp, out)
     accelerator.wait_for_everyone()
     return out
+
+
+def _set_config_dtype(config_json: Path, dtype: Any) -> None:
+    """``save_pretrained`` records the in-memory (fp32 master) dtype; record the saved one."""
+    if not config_json.is_file():  # a LoRA adapter folder has no config.json
+        return
+    conf = json.loads(config_json.read_text(encoding="utf-8"))
+    conf["dtype"] = str(dtype).removeprefix("torch.")
+    conf.pop("torch_dtype", None)
+    write_json_atomic(config_json, conf)
 
 
 # --------------------------------------------------------------------------- the loop
