@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=320)
     ap.add_argument("--eos-tokens", type=int, default=4, help="random model only: how many ids end a sample")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 on cuda)")
     args = ap.parse_args()
 
     if args.model:
@@ -56,12 +57,14 @@ def main() -> None:
     else:
         model, tok = _random_model(400)
         eos = set(range(100, 100 + args.eos_tokens))
+    if args.device != "cpu":
+        model = model.to(args.device, torch.bfloat16)
     tok.padding_side = "left"
     texts = [tok.apply_chat_template([{"role": "user", "content": f"What is {i} + {7 * i + 3}? Please reason "
                                        "step by step, and put your final answer within \\boxed{}."}],
                                      tokenize=False, add_generation_prompt=True) + "<think>\n"
              for i in range(args.prompts)]
-    batches = [tok(texts[i:i + args.batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+    batches = [tok(texts[i:i + args.batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(args.device)
                for i in range(0, len(texts), args.batch_size)]
 
     def hf(cache: str | None):
@@ -78,7 +81,7 @@ def main() -> None:
     def ours(enc, seed):
         ids, mask = enc["input_ids"].repeat_interleave(args.n, 0), enc["attention_mask"].repeat_interleave(args.n, 0)
         return len(sample_batch(model, ids, mask, max_new_tokens=args.max_tokens, eos_ids=eos, temperature=1.0,
-                                top_p=1.0, generator=torch.Generator().manual_seed(seed)))
+                                top_p=1.0, generator=torch.Generator(device=args.device).manual_seed(seed)))
 
     rates: dict[str, list[float]] = {"generate (dynamic cache)": [], "generate (static cache)": [],
                                      "decode.sample_batch": []}

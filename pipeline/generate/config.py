@@ -63,8 +63,10 @@ class TransformersConfig(Section):
     device: str = Field("auto", description="cpu, cuda, cuda:1, ... (auto: cuda when available)")
     dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32")
     batch_size: int = Field(16, ge=1, description="prompts per generate() call")
-    fast_decode: bool = Field(True, description="the project's batched sampler (preallocated KV cache, finished "
-                                                "rows dropped) where the model allows it; false: model.generate")
+    fast_decode: bool | None = Field(
+        None, description="true: the project's batched sampler (preallocated KV cache, finished rows dropped) where the "
+                          "model allows it; false: model.generate (static KV cache on GPU); default: by device (the "
+                          "sampler on CPU, where it is 4x model.generate; static-cache generate on GPU)")
 
 
 class GenerateConfig(StageConfig):

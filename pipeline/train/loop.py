@@ -175,6 +175,14 @@ def load_student(cfg: TrainConfig, attn: str):
     except OSError as exc:
         raise ConfigError(f"model {cfg.model!r}: cannot load ({exc})") from None
     model.config.use_cache = False
+    if cfg.liger:
+        from pipeline.train.speedups import apply_liger
+
+        apply_liger(model)
+    if cfg.compile:
+        from pipeline.train.speedups import compile_layers
+
+        compile_layers(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora is not None:

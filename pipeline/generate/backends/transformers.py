@@ -4,10 +4,12 @@ Rules:
 
 * Prompts are left-padded and run ``transformers.batch_size`` at a time, ``n`` rows per prompt;
   ``top_k`` is disabled (R1 samples with temperature and top-p only), temperature 0 means greedy.
-* Decoding: :func:`pipeline.generate.backends.decode.sample_batch` (preallocated KV cache, finished
-  rows dropped; several times faster than ``model.generate`` for many short samples on a CPU)
-  where :func:`~pipeline.generate.backends.decode.supports` says the model allows it and
-  ``transformers.fast_decode`` is on; ``model.generate`` otherwise.
+* Decoding, by device unless ``transformers.fast_decode`` says otherwise: on CPU
+  :func:`pipeline.generate.backends.decode.sample_batch` (preallocated KV cache, finished rows
+  dropped; 4x ``model.generate`` there) where :func:`~pipeline.generate.backends.decode.supports`
+  says the model allows it; on GPU ``model.generate`` with a static KV cache (there the
+  per-step Python of the sampler costs more than the kernels it saves; see
+  ``benchmarks/transformers_decode.py --device cuda``).
 * A sample ends at the first EOS id of the model's generation config: ``finish_reason`` is
   ``stop`` then (the EOS counts as a completion token, as in vLLM), else ``length``.
 * ``max_tokens`` is clamped to the model's context (``max_position_embeddings``) minus the longest
@@ -53,7 +55,7 @@ class TransformersBackend:
     name = "transformers"
 
     def __init__(self, model: str, revision: str | None = None, device: str = "auto", dtype: str = "auto",
-                 batch_size: int = 16, fast_decode: bool = True):
+                 batch_size: int = 16, fast_decode: bool | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -70,7 +72,10 @@ class TransformersBackend:
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
         from pipeline.generate.backends.decode import supports
 
+        if fast_decode is None:
+            fast_decode = not self.device.startswith("cuda")
         self.fast_decode = fast_decode and supports(self.model)
+        self.cache_implementation = "static" if self.device.startswith("cuda") else None
         self._clamp_logged = False
         self._torch = torch
 
@@ -115,6 +120,8 @@ class TransformersBackend:
             torch.manual_seed(seed)
             kwargs: dict[str, Any] = dict(max_new_tokens=max_new, pad_token_id=self.pad_id,
                                           eos_token_id=sorted(self.eos_ids), do_sample=not greedy)
+            if self.cache_implementation:
+                kwargs["cache_implementation"] = self.cache_implementation
             if not greedy:
                 kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
             with torch.inference_mode():
