@@ -36,12 +36,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from pipeline.chat import THINK_CLOSE, THINK_OPEN, split_think
 from pipeline.config import Section
+from pipeline.records import assistant_text, user_text
 
-__all__ = ["Parsed", "BaseRule", "Rule", "CorpusRule", "parse", "THINK_OPEN", "THINK_CLOSE", "estimate_tokens",
-           "DEFAULT_DOMAIN"]
+__all__ = ["Parsed", "BaseRule", "Rule", "CorpusRule", "parse", "estimate_tokens", "DEFAULT_DOMAIN"]
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 DEFAULT_DOMAIN = "math"  # a record without ``domain`` is a math record (the issue's contract)
 
 
@@ -83,32 +83,12 @@ class Parsed:
         return self.response[i + len(THINK_OPEN):] if i >= 0 else self.response
 
 
-def _text_of(messages: Any, role: str, last: bool) -> str:
-    if not isinstance(messages, list):
-        return ""
-    seq = reversed(messages) if last else messages
-    for m in seq:
-        if isinstance(m, dict) and m.get("role") == role:
-            c = m.get("content")
-            return c if isinstance(c, str) else ""
-    return ""
-
-
 def parse(record: dict[str, Any]) -> Parsed:
     """Split a chat record once. Never raises on odd content (validation is the runner's job)."""
-    msgs = record.get("messages")
-    prompt = _text_of(msgs, "user", last=False)
-    response = _text_of(msgs, "assistant", last=True)
+    prompt, response = (t if isinstance(t, str) else "" for t in (user_text(record), assistant_text(record)))
     n_open = response.count(THINK_OPEN)
     n_close = response.count(THINK_CLOSE)
-    start = response.find(THINK_OPEN)
-    end = response.find(THINK_CLOSE)
-    if end >= 0 and 0 <= start < end:
-        reasoning, answer = response[start + len(THINK_OPEN):end], response[end + len(THINK_CLOSE):]
-    elif end >= 0:  # a close without an open before it: reasoning is what precedes it
-        reasoning, answer = response[:end], response[end + len(THINK_CLOSE):]
-    else:
-        reasoning, answer = None, ""
+    reasoning, answer = split_think(response)
     domain = record.get("domain")
     domain = domain.strip().lower() if isinstance(domain, str) and domain.strip() else DEFAULT_DOMAIN
     ref = record.get("answer")

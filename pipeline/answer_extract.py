@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import re
 
+from pipeline.chat import THINK_CLOSE
+
 __all__ = ["extract_boxed", "extract_answer", "box_runs", "THINK_CLOSE"]
 
-THINK_CLOSE = "</think>"
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BARE_BOX_RE = re.compile(r"\\boxed\s+([^\s${}]+)")
 # Text allowed between two boxes of one answer: blanks, math delimiters, separators, "and"/"or",

@@ -13,13 +13,25 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipeline.tiny import CHATML_TEMPLATE
-
-__all__ = ["THINK_OPEN", "THINK_CLOSE", "render_generation_prompt", "template_keeps_think",
+__all__ = ["THINK_OPEN", "THINK_CLOSE", "CHATML_TEMPLATE", "render_generation_prompt", "template_keeps_think",
            "training_template", "with_forced_think", "split_think"]
 
 log = logging.getLogger(__name__)
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"  # the R1 reasoning tags; every module imports them from here
+
+# ChatML, as Qwen2 ships it, with the ``add_generation_prompt`` turn opener. Keeps the assistant
+# content verbatim (including ``<think>`` blocks); the ``{% generation %}`` markers let
+# ``apply_chat_template(..., return_assistant_tokens_mask=True)`` find trained tokens.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 def render_generation_prompt(tokenizer: Any, messages: list[dict[str, str]], force_think: bool = True) -> tuple[str, str]:

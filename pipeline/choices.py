@@ -27,11 +27,12 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
+from pipeline.chat import THINK_CLOSE
+
 __all__ = ["LETTERS", "extract_choice", "grade_choice", "choices_of", "letter_of", "format_options",
            "is_letter_reference"]
 
 LETTERS = string.ascii_uppercase[:10]  # A-J: up to ten options (MMLU-Pro has ten)
-THINK_CLOSE = "</think>"
 
 _WRAP_RE = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|textrm|texttt)\s*\{([^{}]*)\}")
 _ANSWER_RE = re.compile(

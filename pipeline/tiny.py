@@ -11,22 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from pipeline.chat import CHATML_TEMPLATE
+
 __all__ = ["CHATML_TEMPLATE", "SPECIAL_TOKENS", "train_tokenizer", "build_model", "build_tiny_model",
            "scramble_weights"]
-
-# ChatML, as Qwen2 ships it, with the ``add_generation_prompt`` turn opener. Keeps the assistant
-# content verbatim (including ``<think>`` blocks); the ``{% generation %}`` markers let
-# ``apply_chat_template(..., return_assistant_tokens_mask=True)`` find trained tokens.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
-    "{% else %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Qwen2's pre-tokenizer regex (tokenization_qwen2.PRETOKENIZE_REGEX).

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import re
 
+from pipeline.chat import THINK_CLOSE
+
 __all__ = ["extract_program", "THINK_CLOSE", "PYTHON_TAGS"]
 
-THINK_CLOSE = "</think>"
 PYTHON_TAGS = {"", "python", "py", "python3", "py3"}
 _FENCE_OPEN = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([^\n`]*)$", re.MULTILINE)
 
