@@ -97,14 +97,14 @@ KNOWN: dict[str, _Known] = {
     "amc23": _Known("amc23.jsonl", "id", "hf:math-ai/amc23", "test", "question", "answer", "id", "amc23"),
     # openai/gsm8k (config main) has only `question` and `answer` ("... #### 72"): no id column.
     "gsm8k": _Known("gsm8k_test.jsonl", "idx", "hf:openai/gsm8k:main", "test", "question", "answer", None, "gsm8k"),
-    "mmlu_stem": _Known("mmlu_stem.jsonl", "id", "", "test", "question", "answer", "mmlu_stem", _MMLU),
+    "mmlu_stem": _Known("mmlu_stem.jsonl", "id", "", "test", "question", "answer", "id", "mmlu_stem", _MMLU),
     # GPQA is not republished (its authors ask so): give its CSV as `path` or put it in DISTILL_DATA_DIR.
     "gpqa": _Known("gpqa_diamond.csv", "Record ID", "hf:Idavidrein/gpqa:gpqa_diamond", "train", "Question",
-                   "Correct Answer", "gpqa", _GPQA),
+                   "Correct Answer", "Record ID", "gpqa", _GPQA),
     "humaneval": _Known("humaneval.jsonl", "task_id", "hf:openai/openai_humaneval", "test", "prompt",
-                        "canonical_solution", "humaneval", {**_CODE, "layout": "humaneval"}),
-    "mbpp": _Known("mbpp.jsonl", "task_id", "hf:google-research-datasets/mbpp:full", "test", "text", "code", "mbpp",
-                   {**_CODE, "layout": "mbpp", "split_column": "split"}),
+                        "canonical_solution", "task_id", "humaneval", {**_CODE, "layout": "humaneval"}),
+    "mbpp": _Known("mbpp.jsonl", "task_id", "hf:google-research-datasets/mbpp:full", "test", "text", "code", "task_id",
+                   "mbpp", {**_CODE, "layout": "mbpp", "split_column": "split"}),
 }
 ALIASES = {
     "math-500": "math500", "math_500": "math500",
@@ -141,6 +141,13 @@ def _local_tried(file: str) -> str:
     return f"{dirs[0] / file} (not found)" if dirs else f"DISTILL_DATA_DIR (not set; it names a folder holding {file})"
 
 
+def _with_defaults(spec: BenchmarkSpec, known: _Known | None) -> BenchmarkSpec:
+    """The known set's own settings (layout, columns, template) for the fields the user left unset."""
+    if known is None:
+        return spec
+    return spec.model_copy(update={k: v for k, v in known.defaults.items() if k not in spec.model_fields_set})
+
+
 def resolve_spec(item: str | BenchmarkSpec | dict[str, Any], hf_fallback: bool = True) -> BenchmarkSpec:
     """A full spec (with ``path``) for a short name or a partial spec."""
     if isinstance(item, str):
@@ -149,10 +156,11 @@ def resolve_spec(item: str | BenchmarkSpec | dict[str, Any], hf_fallback: bool =
         spec = BenchmarkSpec.model_validate(item)
     else:
         spec = item
+    known = KNOWN.get(canonical_name(spec.name))
+    spec = _with_defaults(spec, known)
     if spec.path:
         return spec
     key = canonical_name(spec.name)
-    known = KNOWN.get(key)
     if known is None:
         raise ConfigError(f"benchmarks: {spec.name!r} is not a known benchmark (known: {', '.join(KNOWN)}); "
                           f"give it a path: {{name: {spec.name}, path: file.jsonl, problem_column: ..., answer_column: ...}}")
@@ -164,7 +172,8 @@ def resolve_spec(item: str | BenchmarkSpec | dict[str, Any], hf_fallback: bool =
         raise BenchmarkNotFound(f"benchmark {spec.name}: tried {_local_tried(known.file)}; the Hugging Face hub is "
                                 "off (hf_fallback: false). Set DISTILL_DATA_DIR or give the benchmark a path")
     return spec.model_copy(update={"name": key, "path": known.hf, "split": known.hf_split, "problem_column": known.hf_problem,
-                                   "answer_column": known.hf_answer, "id_column": spec.id_column or known.hf_id})
+                                   "answer_column": known.hf_answer, "id_column": spec.id_column or known.hf_id,
+                                   "split_column": None})  # a hub split is chosen by `split`, not by a column
 
 
 _GSM8K_RE = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
