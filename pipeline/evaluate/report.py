@@ -140,15 +140,16 @@ def _labels(runs: list[dict[str, Any]]) -> list[str]:
     return labels
 
 
-def comparison_table(runs: Sequence[dict[str, Any]], with_paper: bool = True) -> str:
+def _benchmarks_of(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Every benchmark any run has, in first-seen order."""
+    return list(dict.fromkeys(b for r in runs for b in r.get("benchmarks", {})))
+
+
+def comparison_table(runs: Sequence[dict[str, Any]]) -> str:
     """Markdown: one row per model (and per matched paper model), pass@1 [95% CI] per benchmark."""
     runs = list(runs)
     labels = _labels(runs)
-    benches: list[str] = []
-    for r in runs:
-        for b in r.get("benchmarks", {}):
-            if b not in benches:
-                benches.append(b)
+    benches = _benchmarks_of(runs)
     head = ["model"] + [f"{_display(b)} pass@1 [95% CI]" for b in benches] + ["k", "truncated %"]
     rows = []
     papers: list[str] = []
@@ -169,19 +170,18 @@ def comparison_table(runs: Sequence[dict[str, Any]], with_paper: bool = True) ->
         key, _ = paper_values(r)
         if key and key not in papers:
             papers.append(key)
-    if with_paper:
-        for key in papers:
-            paper = PAPER[key]
-            rows.append([f"{key} (paper)"] + [fmt(paper.get(b, {}).get("pass@1")) if paper.get(b) else "–"
-                                              for b in benches] + ["", ""])
+    for key in papers:
+        paper = PAPER[key]
+        rows.append([f"{key} (paper)"] + [fmt(paper.get(b, {}).get("pass@1")) if paper.get(b) else "–"
+                                          for b in benches] + ["", ""])
     lines = _md(head, rows)
-    if with_paper and papers:
+    if papers:
         lines += ["", f"Paper rows: {PAPER_SOURCE}."]
     return "\n".join(lines) + "\n"
 
 
 def write_comparison(runs: Sequence[dict[str, Any] | str | Path], out_dir: str | Path,
-                     title: str = "pass@1 by model", with_paper: bool = True) -> dict[str, str]:
+                     title: str = "pass@1 by model") -> dict[str, str]:
     """Write ``comparison.md``, ``comparison.json`` and ``comparison.png`` (bars with 95% intervals,
     one series per model, plus the paper's numbers for matched models) into ``out_dir``."""
     loaded = [load_results(r) for r in runs]
@@ -189,11 +189,7 @@ def write_comparison(runs: Sequence[dict[str, Any] | str | Path], out_dir: str |
         raise ValueError("write_comparison: no results given")
     out_dir = Path(out_dir)
     labels = _labels(loaded)
-    benches: list[str] = []
-    for r in loaded:
-        for b in r.get("benchmarks", {}):
-            if b not in benches:
-                benches.append(b)
+    benches = _benchmarks_of(loaded)
     series = {label: [_bar(r.get("benchmarks", {}).get(b)) for b in benches] for label, r in zip(labels, loaded)}
     summary: dict[str, Any] = {"benchmarks": benches, "models": {}}
     for label, r in zip(labels, loaded):
@@ -202,14 +198,13 @@ def write_comparison(runs: Sequence[dict[str, Any] | str | Path], out_dir: str |
             "pass@1": {b: r["benchmarks"][b]["pass@1"] for b in benches if b in r.get("benchmarks", {})},
             "ci95": {b: r["benchmarks"][b].get("ci95") for b in benches if b in r.get("benchmarks", {})},
         }
-    if with_paper:
-        for r in loaded:
-            key, paper = paper_values(r)
-            name = f"paper: {key}"
-            if paper and name not in series and any(b in paper for b in benches):
-                series[name] = [_paper_bar(paper, b) for b in benches]
-                summary.setdefault("paper", {})[key] = {b: paper[b]["pass@1"] for b in benches if b in paper}
-    write_text_atomic(out_dir / "comparison.md", f"## {title}\n\n" + comparison_table(loaded, with_paper))
+    for r in loaded:
+        key, paper = paper_values(r)
+        name = f"paper: {key}"
+        if paper and name not in series and any(b in paper for b in benches):
+            series[name] = [_paper_bar(paper, b) for b in benches]
+            summary.setdefault("paper", {})[key] = {b: paper[b]["pass@1"] for b in benches if b in paper}
+    write_text_atomic(out_dir / "comparison.md", f"## {title}\n\n" + comparison_table(loaded))
     write_json_atomic(out_dir / "comparison.json", summary)
     png = _interval_chart(benches, series, out_dir / "comparison.png", title)
     return {"markdown": str(out_dir / "comparison.md"), "json": str(out_dir / "comparison.json"),

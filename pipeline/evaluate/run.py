@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,8 +199,7 @@ def _as_sample(rec: dict[str, Any]) -> Sample:
 
 def metrics_from_graded(records: Iterable[dict[str, Any]], pass_k: list[int], cons_k: list[int] | None = None,
                         problem_ids: Iterable[str] | None = None, bootstrap_resamples: int = 1000,
-                        seed: int = 0, timeout_s: float = 5.0, workers: int = 1,
-                        group: Callable[[dict[str, Any]], str] = lambda r: str(r["problem_id"])) -> dict[str, Any]:
+                        seed: int = 0, timeout_s: float = 5.0, workers: int = 1) -> dict[str, Any]:
     """Benchmark metrics from graded per-sample records (only ``problem_ids`` when given).
 
     Majority voting (cons@k) runs over ``workers`` processes when there are many problems.
@@ -213,7 +212,7 @@ def metrics_from_graded(records: Iterable[dict[str, Any]], pass_k: list[int], co
     by_problem: dict[str, list[Sample]] = {}
     code = 0
     for rec in records:
-        pid = group(rec)
+        pid = str(rec["problem_id"])
         if keep is not None and pid not in keep:
             continue
         by_problem.setdefault(pid, []).append(_as_sample(rec))

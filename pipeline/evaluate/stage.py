@@ -34,7 +34,7 @@ from pydantic import Field, model_validator
 
 from pipeline.code.sandbox import SandboxConfig
 from pipeline.cliutil import add_stage_action, add_stage_parser, config_from_args
-from pipeline.config import ConfigError, Section, StageConfig, load_config
+from pipeline.config import ConfigError, Section, StageConfig
 from pipeline.evaluate.benchmarks import BenchmarkSpec, canonical_name, load_problems, resolve_spec
 from pipeline.generate.config import OpenAIConfig, SamplingConfig, TransformersConfig, VLLMConfig
 from pipeline.records import write_json_atomic
@@ -491,8 +491,3 @@ def register(sub: Any) -> None:
     pc.add_argument("results", nargs="+", help="results.json files or eval output folders")
     pc.add_argument("--output", help="folder for comparison.md/json/png (default runs/eval/compare)")
     pc.add_argument("--title", default="pass@1 by model", help="chart title")
-
-
-def load(path: str | Path | None = None, overrides: list[str] | None = None, **values: Any) -> EvalConfig:
-    """Convenience for Python callers: ``load("configs/eval/r1.yaml", model="...")``."""
-    return load_config(EvalConfig, path, overrides, values)
