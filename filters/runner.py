@@ -414,6 +414,9 @@ def run_filter(cfg: FilterConfig) -> dict[str, Any]:
         run = _Run(cfg, files, out, fp, state)
         try:
             run.loop()
+            if run.tally.input + run.tally.bad_lines == 0:
+                shutil.rmtree(out / PARTIAL, ignore_errors=True)
+                raise UserError(f"filter: the inputs hold no records ({', '.join(map(str, files))}); nothing to filter")
             run.finish()
         finally:
             run.outputs.close()

@@ -172,6 +172,16 @@ def test_min_above_max_length_is_refused():
     assert "length: " in str(exc.value) and "min_completion_tokens (100) > max_completion_tokens (50)" in str(exc.value)
 
 
+def test_empty_input_is_one_line_exit_2_and_writes_no_report(tmp_path):
+    inp = tmp_path / "gen.jsonl"
+    inp.write_text("\n  \n")
+    done = subprocess.run(_cli("--inputs", str(inp), "--output", str(tmp_path / "out"), "--workers", "1"),
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "hold no records" in done.stderr and str(inp) in done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith("distill filter: error: ")
+    assert not (tmp_path / "out" / "report.json").exists() and not (tmp_path / "out" / ".partial").exists()
+
+
 def test_cli_negative_workers_is_one_line_exit_2(tmp_path):
     inp = write(tmp_path / "gen.jsonl", corpus(1))
     done = subprocess.run(_cli("--inputs", str(inp), "--output", str(tmp_path / "out"), "--workers", "-1"),
