@@ -34,6 +34,7 @@ from typing import Any
 from filters.answer import AnswerRule
 from filters.base import BaseRule, CorpusRule, Rule
 from filters.code_blocks import CodeBlockRule
+from filters.code_tests import CodeTestsRule
 from filters.decontam import DecontamRule
 from filters.dedup import DedupRule
 from filters.format import FormatRule
@@ -56,6 +57,7 @@ RULES: tuple[type[BaseRule], ...] = (
     ParagraphRule,   # paragraphs   long_paragraph
     CodeBlockRule,   # code_blocks  code_block       (style)
     AnswerRule,      # answer       wrong_answer
+    CodeTestsRule,   # code_tests   failed_tests
     DecontamRule,    # decontam     contaminated
     DedupRule,       # dedup        duplicate, near_duplicate, prompt_cap
 )

@@ -139,7 +139,7 @@ def test_enabled_reasons_follow_the_switches():
 
     cfg = FilterConfig(language={"enabled": False}, dedup={"near": False})
     assert enabled_reasons(cfg) == ["format", "truncated", "length", "redundancy", "long_paragraph", "code_block",
-                                    "wrong_answer", "contaminated", "duplicate"]
+                                    "wrong_answer", "failed_tests", "contaminated", "duplicate"]
 
 
 @pytest.mark.parametrize("cls", RULES, ids=lambda c: c.key)

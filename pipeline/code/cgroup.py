@@ -30,6 +30,7 @@ class PidsCgroups:
                 continue
             if root == Path("/sys/fs/cgroup") and "pids" not in _read(root / "cgroup.controllers"):
                 continue
+            _sweep_stale(root)
             base = root / f"distill-sandbox-{os.getpid()}"
             try:
                 base.mkdir(exist_ok=True)
@@ -38,6 +39,10 @@ class PidsCgroups:
                 probe = self._make(base)
                 self._remove(probe)
                 self.base = base
+                # remove the (empty) parent at exit, also in multiprocessing workers (no atexit there)
+                from multiprocessing import util
+
+                util.Finalize(self, _rmdir, args=(base,), exitpriority=10)
                 break
             except OSError:
                 continue
@@ -88,6 +93,25 @@ class PidsCgroups:
                 self.base.rmdir()
             except OSError:
                 pass
+
+
+def _sweep_stale(root: Path) -> None:
+    """Remove what a killed pipeline process left: ``distill-sandbox-<pid>`` of processes now gone."""
+    for parent in root.glob("distill-sandbox-*"):
+        pid = parent.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        for child in parent.iterdir():
+            if child.is_dir():
+                PidsCgroups._remove(child)
+        _rmdir(parent)
+
+
+def _rmdir(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def _read(path: Path) -> str:
