@@ -48,6 +48,7 @@ __all__ = ["build_rules", "build_corpus_rules", "process_line", "run_filter", "O
 log = logging.getLogger(__name__)
 OUTPUT_FILES = ("kept.jsonl", "rejected.jsonl", "bad_lines.jsonl")
 PARTIAL = ".partial"
+CHECKPOINT_VERSION = 2  # bump when the checkpoint's contents change (2: corpus rules, typed results)
 
 
 def build_rules(cfg: FilterConfig) -> list[Rule]:
@@ -292,8 +293,14 @@ def _prepare(cfg: Any, out: Path, fp: str) -> dict[str, Any] | None:
         shutil.rmtree(out / PARTIAL, ignore_errors=True)
         return None
     if ckpt.exists():
-        with open(ckpt, "rb") as fh:
-            state = pickle.load(fh)
+        try:
+            with open(ckpt, "rb") as fh:
+                state = pickle.load(fh)
+        except Exception as exc:  # unpickling runs arbitrary class lookups: any failure means "not ours"
+            raise ConfigError(f"{ckpt}: cannot read this checkpoint ({type(exc).__name__}: {exc}; written by another "
+                              "version?); use another --output or --overwrite") from None
+        if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+            raise ConfigError(f"{ckpt}: a checkpoint of another filter version; use another --output or --overwrite")
         if state.get("fingerprint") != fp:
             raise ConfigError(f"{out}: holds an unfinished filter run with a different config or inputs; "
                               "use another --output or --overwrite")
@@ -320,7 +327,7 @@ class _Run:
 
     def __init__(self, cfg: FilterConfig, files: list[Path], out: Path, fp: str, state: dict[str, Any] | None):
         if state is None:
-            state = {"fingerprint": fp, "position": 0, "sizes": None, "tally": Tally(enabled_reasons(cfg)),
+            state = {"version": CHECKPOINT_VERSION, "fingerprint": fp, "position": 0, "sizes": None, "tally": Tally(enabled_reasons(cfg)),
                      "corpus": build_corpus_rules(cfg), "kept": 0, "seconds": 0.0}
             log.info("filter: %d input file(s) -> %s", len(files), out)
         else:

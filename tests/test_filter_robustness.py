@@ -187,3 +187,45 @@ def test_cli_negative_workers_is_one_line_exit_2(tmp_path):
     done = subprocess.run(_cli("--inputs", str(inp), "--output", str(tmp_path / "out"), "--workers", "-1"),
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "workers" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- kills and foreign checkpoints
+
+def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_output(tmp_path):
+    recs = [json.loads(json.dumps(r)) for r in corpus(12) * 60]
+    for i, r in enumerate(recs):  # distinct samples, so dedup keeps many and its index is in the checkpoint
+        r["sample_index"] = i
+        r["messages"][1]["content"] += f" (sample {i % 97})"
+    inp = write(tmp_path / "gen.jsonl", recs)
+    run(cfg_for(inp, tmp_path / "ref"))  # the uninterrupted reference, in-process
+    args = ["--inputs", str(inp), "--workers", "2", "--set", "decontam.enabled=false", "--set", "checkpoint_every=100",
+            "--set", "chunk_size=8"]
+    out = tmp_path / "out"
+    first = subprocess.Popen(_cli(*args, "--output", str(out)), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = out / ".partial" / "checkpoint.pkl"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists():
+        assert first.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.01)
+    os.killpg(first.pid, signal.SIGKILL)  # the run and its workers, mid-run
+    first.wait(timeout=60)
+    assert not (out / "report.json").exists()
+    again = subprocess.run(_cli(*args, "--output", str(out)), cwd=REPO, env=ENV, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stderr  # it picked up the killed run's checkpoint, not a fresh start
+    for name in ("kept.jsonl", "rejected.jsonl"):
+        assert (out / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
+    got, want = (json.loads((d / "report.json").read_text()) for d in (out, tmp_path / "ref"))
+    assert got["totals"] == want["totals"] and got["rules"] == want["rules"]
+
+
+@pytest.mark.parametrize("content", [b"not a pickle", b"\x80\x04}\x94\x8c\x0bfingerprint\x94\x8c\x01x\x94s."])
+def test_unreadable_or_foreign_checkpoint_is_a_clear_error(tmp_path, content):
+    inp = write(tmp_path / "gen.jsonl", corpus(3))
+    (tmp_path / "out" / ".partial").mkdir(parents=True)
+    (tmp_path / "out" / ".partial" / "checkpoint.pkl").write_bytes(content)
+    with pytest.raises(ConfigError) as exc:
+        run(cfg_for(inp, tmp_path / "out"))
+    assert "checkpoint" in str(exc.value) and "--overwrite" in str(exc.value)
