@@ -11,6 +11,7 @@ from pipeline.tiny import build_model, train_tokenizer
 from pipeline.train import data as D
 from pipeline.train.attention import VARLEN, choose, register_varlen
 
+VOCAB = 256  # token ids drawn below this (the trained tokenizer has at least that many)
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
@@ -47,6 +48,7 @@ def _loss_and_grads(model, batch, fused: bool):
 
 def _model(attn: str):
     tok = train_tokenizer(vocab_size=600)
+    assert len(tok) >= VOCAB
     model = build_model(tok, hidden_size=256, num_layers=2, num_heads=4, num_kv_heads=2, seed=0).cuda()
     model.set_attn_implementation(attn)
     model.config.use_cache = False
@@ -59,7 +61,7 @@ def test_auto_picks_varlen_on_cuda():
 
 def test_varlen_kernel_matches_masked_sdpa_bf16():
     register_varlen()
-    batch = _packed_batch(600)
+    batch = _packed_batch(VOCAB)
     ref_loss, ref_g = _loss_and_grads(_model("sdpa"), batch, fused=False)
     loss, g = _loss_and_grads(_model(VARLEN), dict(batch, varlen=True), fused=False)
     assert loss == pytest.approx(ref_loss, rel=2e-2)
@@ -69,7 +71,7 @@ def test_varlen_kernel_matches_masked_sdpa_bf16():
 
 
 def test_fused_loss_matches_plain_bf16():
-    batch = _packed_batch(600)
+    batch = _packed_batch(VOCAB)
     ref_loss, ref_g = _loss_and_grads(_model("sdpa"), batch, fused=False)
     loss, g = _loss_and_grads(_model("sdpa"), batch, fused=True)
     assert loss == pytest.approx(ref_loss, rel=1e-2)

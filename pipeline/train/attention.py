@@ -106,6 +106,12 @@ def varlen_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor
 
 def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int,
             scale: float | None) -> torch.Tensor:
+    dev = q.device.type
+    if torch.is_autocast_enabled(dev):
+        # Autocast's policy for attention (as it does for SDPA): the rotary embedding returns fp32 q/k
+        # when the model's master weights are fp32, and the flash kernel needs bf16/fp16.
+        dt = torch.get_autocast_dtype(dev)
+        q, k, v = q.to(dt), k.to(dt), v.to(dt)
     kernel = _torch_varlen()
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and kernel is not None:
         return _torch_varlen_call(kernel, q, k, v, cu, max_len, scale)
