@@ -114,7 +114,7 @@ def obvious_checks(rec: dict, cfg) -> list[str]:
     """Rules 1-8 written the straightforward way: each rule re-derives what it needs."""
     from pipeline.chat import split_think
     from pipeline.grading import extract_answer, grade
-    from pipeline.records import assistant_text, user_text
+    from pipeline.records import assistant_text
 
     failed = []
     resp = assistant_text(rec)

@@ -36,7 +36,6 @@ class CodeBlockRule(Rule):
 
     def __init__(self, cfg: CodeBlockConfig):
         self.domains = set(cfg.domains)
-        self.min_lines = cfg.min_indented_lines
         self._indented_block = re.compile(rf"(?:^(?:    |\t)[^\n]*\S[^\n]*\n?){{{max(1, cfg.min_indented_lines)},}}",
                                           re.MULTILINE)
 
