@@ -40,7 +40,7 @@ from pipeline.chat import THINK_CLOSE, THINK_OPEN, split_think
 from pipeline.config import Section
 from pipeline.records import assistant_text, user_text
 
-__all__ = ["Parsed", "BaseRule", "Rule", "CorpusRule", "parse", "estimate_tokens", "DEFAULT_DOMAIN"]
+__all__ = ["Parsed", "BaseRule", "Rule", "CorpusRule", "BatchRule", "parse", "estimate_tokens", "DEFAULT_DOMAIN"]
 
 DEFAULT_DOMAIN = "math"  # a record without ``domain`` is a math record (the issue's contract)
 
@@ -180,3 +180,31 @@ class CorpusRule(BaseRule):
     def admit(self, sig: Any, kept_index: int) -> None:  # pragma: no cover - interface
         """Record a kept record (one that passed every rule) in the rule's state."""
         raise NotImplementedError
+
+
+class BatchRule(BaseRule):
+    """A rule that checks many records at once in the main process (an LLM judge: many requests in
+    flight). It sees the records that passed every per-record rule except those in ``after``, before
+    the corpus rules. Built per run (it may hold connections), never pickled into checkpoints."""
+
+    reason: ClassVar[str] = ""
+    #: reason codes a record may already have failed and still be checked (e.g. for calibration)
+    after: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.reasons = (cls.reason,)
+
+    def __init__(self, cfg: Any, output_dir: Any):
+        self.cfg = cfg
+
+    def applies(self, p: Parsed, notes: dict[str, str]) -> bool:
+        return True
+
+    def check_many(self, items: list[tuple[Parsed, dict[str, str]]]) -> list[tuple[str | None, dict[str, Any]]]:
+        """Per ``(parsed, notes so far)``: ``(reject detail or None, additions to the record's meta)``."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def close(self) -> None:
+        pass
+

@@ -32,19 +32,20 @@ from __future__ import annotations
 from typing import Any
 
 from filters.answer import AnswerRule
-from filters.base import BaseRule, CorpusRule, Rule
+from filters.base import BaseRule, BatchRule, CorpusRule, Rule
 from filters.code_blocks import CodeBlockRule
 from filters.code_tests import CodeTestsRule
 from filters.decontam import DecontamRule
 from filters.dedup import DedupRule
 from filters.format import FormatRule
+from filters.judge import JudgeRule
 from filters.language import LanguageRule
 from filters.length import LengthRule
 from filters.paragraphs import ParagraphRule
 from filters.redundancy import RedundancyRule
 from filters.truncation import TruncationRule
 
-__all__ = ["RULES", "record_rules", "corpus_rules", "reason_order", "enabled_reasons", "rule_of", "style_keys",
+__all__ = ["RULES", "record_rules", "batch_rules", "corpus_rules", "reason_order", "enabled_reasons", "rule_of", "style_keys",
            "style_reasons"]
 
 #             class              key            reason code(s)
@@ -59,6 +60,7 @@ RULES: tuple[type[BaseRule], ...] = (
     AnswerRule,      # answer       wrong_answer
     CodeTestsRule,   # code_tests   failed_tests
     DecontamRule,    # decontam     contaminated
+    JudgeRule,       # judge        judge_rejected   (batch: LLM judge, off by default)
     DedupRule,       # dedup        duplicate, near_duplicate, prompt_cap
 )
 
@@ -83,6 +85,10 @@ _check_table()
 
 def record_rules() -> list[type[Rule]]:
     return [cls for cls in RULES if issubclass(cls, Rule)]
+
+
+def batch_rules() -> list[type[BatchRule]]:
+    return [cls for cls in RULES if issubclass(cls, BatchRule)]
 
 
 def corpus_rules() -> list[type[CorpusRule]]:

@@ -37,10 +37,10 @@ from pipeline.errors import UserError
 from pipeline.locking import output_lock
 from pipeline.records import RecordError, expand_inputs, iter_records, messages_of, parse_record_line
 
-from filters.base import CorpusRule, Parsed, Rule, parse
+from filters.base import BatchRule, CorpusRule, Parsed, Rule, parse
 from filters.config import FilterConfig
 from filters.decontam import benchmark_sources
-from filters.registry import corpus_rules, enabled_reasons, reason_order, record_rules
+from filters.registry import batch_rules, corpus_rules, enabled_reasons, reason_order, record_rules
 from filters.report import Tally, write_reports
 
 __all__ = ["build_rules", "build_corpus_rules", "process_line", "run_filter", "OUTPUT_FILES", "BadLine", "Verdict"]
@@ -54,6 +54,11 @@ CHECKPOINT_VERSION = 2  # bump when the checkpoint's contents change (2: corpus 
 def build_rules(cfg: FilterConfig) -> list[Rule]:
     """The enabled per-record rules, in run order (the table in :mod:`filters.registry`)."""
     return [cls(getattr(cfg, cls.key)) for cls in record_rules() if cls.enabled_reasons(getattr(cfg, cls.key))]
+
+
+def build_batch_rules(cfg: FilterConfig, out: Path) -> list[BatchRule]:
+    """The enabled batch rules (the LLM judge), for this run's main process."""
+    return [cls(getattr(cfg, cls.key), out) for cls in batch_rules() if cls.enabled_reasons(getattr(cfg, cls.key))]
 
 
 def build_corpus_rules(cfg: FilterConfig) -> list[CorpusRule]:
@@ -80,6 +85,7 @@ class Verdict:
     failed: dict[str, str]  # reason code -> detail, for every rule it failed
     notes: dict[str, str]  # reason code -> a note for the report (e.g. the grader's status)
     signatures: dict[str, Any] = field(default_factory=dict)  # corpus rule key -> its signature
+    meta: dict[str, Any] = field(default_factory=dict)  # additions to the record's meta (the judge's verdict)
 
 
 class _Worker:
@@ -322,6 +328,14 @@ def _readable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _with_meta(raw: bytes, additions: dict[str, Any]) -> bytes:
+    """The record with ``additions`` merged into its ``meta`` (created when absent)."""
+    rec = json.loads(raw)
+    meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+    rec["meta"] = {**meta, **additions}
+    return json.dumps(rec, ensure_ascii=False).encode("utf-8")
+
+
 class _Run:
     """One (possibly resumed) filter run over ``files`` into ``out``: the loop, checkpoints, the report."""
 
@@ -340,6 +354,7 @@ class _Run:
         self.t0, self.seconds_before = time.perf_counter(), state["seconds"]
         out.mkdir(parents=True, exist_ok=True)
         self.outputs = _Outputs(out / PARTIAL, state["sizes"])
+        self.batch: list[BatchRule] = build_batch_rules(cfg, out)
 
     def checkpoint(self, phase: str = "running") -> None:
         self.state.update(position=self.position, sizes=self.outputs.sync(), phase=phase,
@@ -354,7 +369,26 @@ class _Run:
              "raw": raw.decode("utf-8", "backslashreplace")}, ensure_ascii=False))
         self.tally.bad_lines += 1
 
+    def batch_check(self, chunk: list[tuple[str, int, bytes]], results: list[Verdict | BadLine]) -> None:
+        """Run the batch rules (the judge) over the chunk's records in their scope, updating verdicts."""
+        for rule in self.batch:
+            todo = []
+            for (_, _, raw), v in zip(chunk, results):
+                if isinstance(v, BadLine) or set(v.failed) - set(rule.after):
+                    continue
+                p = parse(json.loads(raw))
+                if rule.applies(p, v.notes):
+                    todo.append((p, v))
+            if not todo:
+                continue
+            for (p, v), (detail, meta) in zip(todo, rule.check_many([(p, v.notes) for p, v in todo])):
+                v.checked += (rule.reason,)
+                v.meta.update(meta)
+                if detail is not None:
+                    v.failed[rule.reason] = detail
+
     def record(self, raw: bytes, v: Verdict) -> None:
+
         """Apply the corpus rules to a record that passed the per-record rules; write and count it."""
         checked, failed = v.checked, v.failed
         if not failed and self.corpus:
@@ -365,6 +399,8 @@ class _Run:
                 for rule in self.corpus:
                     rule.admit(v.signatures[rule.key], self.state["kept"])
         self.tally.add(v.domain, checked, failed, v.notes)
+        if v.meta:
+            raw = _with_meta(raw, v.meta)
         if failed:
             self.outputs.write("rejected.jsonl", _with_reasons(raw.decode("utf-8"), failed, self.cfg.write_details))
         else:
@@ -380,6 +416,7 @@ class _Run:
         since = 0
         with tqdm(desc="filter", unit="rec", initial=self.position, smoothing=0.05, mininterval=1.0) as bar:
             for chunk, results in _ordered_results(self.cfg, self.cfg.model_dump(), _chunks(source, self.cfg.chunk_size)):
+                self.batch_check(chunk, results)
                 for (path, line, raw), res in zip(chunk, results):
                     self.position += 1
                     if isinstance(res, BadLine):
@@ -427,4 +464,6 @@ def run_filter(cfg: FilterConfig) -> dict[str, Any]:
             run.finish()
         finally:
             run.outputs.close()
+            for rule in run.batch:
+                rule.close()
         return _finalize(out, run.state)

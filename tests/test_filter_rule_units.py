@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from filters.answer import AnswerConfig, AnswerRule
-from filters.base import CorpusRule, Rule, parse
+from filters.base import BatchRule, CorpusRule, Rule, parse
 from filters.code_blocks import CodeBlockConfig, CodeBlockRule
 from filters.decontam import DecontamConfig, DecontamRule
 from filters.dedup import DedupConfig, DedupRule
@@ -128,8 +128,9 @@ def test_dedup_exact_then_prompt_cap():
 def test_table_declares_one_name_per_rule():
     for cls in RULES:
         assert cls.__module__ == f"filters.{cls.key}", cls  # module = config key
-        assert cls.Config.model_fields["enabled"].default is True
-        assert issubclass(cls, (Rule, CorpusRule))
+        # every rule is on by default except the LLM judge, which needs an endpoint (opt-in)
+        assert cls.Config.model_fields["enabled"].default is (cls.key != "judge")
+        assert issubclass(cls, (Rule, BatchRule, CorpusRule))
     assert len(set(reason_order())) == len(reason_order())
     assert style_reasons() == ["mixed_language", "redundancy", "code_block"]
 

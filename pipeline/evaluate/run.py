@@ -55,15 +55,37 @@ class PendingSample:
     record: dict[str, Any]
     choices: list[str] | None = None  # multiple choice: the options as shown (reference is a letter)
     tests: Any = None  # code: the tests field (pipeline.code.tests); graded by running the program
+    problem: str = ""  # the question as asked (for the LLM judge)
+
+
+def judge_grades(batch: list[PendingSample], judge: Any, require_think: bool = True) -> list[Any]:
+    """Grades from the LLM judge (:class:`pipeline.judge.Judge`); the verdict also lands in each record."""
+    from pipeline.grading import Grade
+    from pipeline.judge import JudgeItem, final_answer
+
+    asked = [p for p in batch if not (require_think and "</think>" not in p.response)]
+    verdicts = dict(zip(map(id, asked), judge.judge_many(
+        [JudgeItem(p.problem, final_answer(p.response), p.reference) for p in asked])))
+    out = []
+    for p in batch:
+        v = verdicts.get(id(p))
+        if v is None:
+            out.append(Grade(False, None, "unclosed_think"))
+            continue
+        p.record["judge"] = v.meta(judge.settings.model)
+        out.append(Grade(v.correct, final_answer(p.response)[-200:] or None, v.status))
+    return out
 
 
 def grade_into(pending: Iterable[PendingSample], writer: ShardWriter, workers: int = 1, timeout_s: float = 5.0,
                require_think: bool = True, batch_size: int = 2048, desc: str = "grading",
-               total: int | None = None, progress: bool = True, sandbox: Any = None) -> dict[str, Any]:
+               total: int | None = None, progress: bool = True, sandbox: Any = None,
+               judge: Any = None) -> dict[str, Any]:
     """Grade the samples whose key is not yet in ``writer.done``; write each batch durably.
 
     Samples with ``tests`` are graded by running their program (``sandbox``: a
     :class:`~pipeline.code.sandbox.SandboxConfig`, default limits when None), the others by the grader.
+    With ``judge`` (a :class:`pipeline.judge.Judge`) the LLM judge grades the others instead of the rules.
 
     Returns ``{"graded": n, "skipped": already_done, "seconds": s}``.
     """
@@ -95,9 +117,12 @@ def grade_into(pending: Iterable[PendingSample], writer: ShardWriter, workers: i
         if not batch:
             return
         answers = [p for p in batch if p.tests is None]
-        grades = iter(grade_many([(p.response, p.reference, p.choices) for p in answers], workers=workers,
-                                 timeout_s=timeout_s, require_think=require_think,
-                                 chunksize=max(1, min(64, len(answers) // (4 * workers) or 1))))
+        if judge is not None:
+            grades = iter(judge_grades(answers, judge, require_think))
+        else:
+            grades = iter(grade_many([(p.response, p.reference, p.choices) for p in answers], workers=workers,
+                                     timeout_s=timeout_s, require_think=require_think,
+                                     chunksize=max(1, min(64, len(answers) // (4 * workers) or 1))))
         code = iter(_code_fields([p for p in batch if p.tests is not None]))
         out = []
         for p in batch:
@@ -182,7 +207,7 @@ def samples_from_generations(paths: Iterable[str | Path], benchmark: str, answer
         opts = choices.get(pid)
         if opts is not None:
             out["choices"] = opts
-        yield PendingSample(sample_key(out), response, answers[pid], out, opts, (tests or {}).get(pid))
+        yield PendingSample(sample_key(out), response, answers[pid], out, opts, (tests or {}).get(pid), user_text(rec) or "")
 
 
 def load_graded(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -270,7 +295,9 @@ def _score_pending(paths: list[Path]) -> Iterator[PendingSample]:
         out.update({"scored_from": f"{loc.path}:{loc.line}", "benchmark": bench, "problem_id": pid,
                     "sample_index": sidx, "truncated": rec.get("finish_reason") == "length",
                     "completion_tokens": rec.get("completion_tokens", _completion_tokens(rec))})
-        yield PendingSample(out["scored_from"], response, "" if ans is None else str(ans), out, choices_of(rec), tests)
+        problem = rec.get("problem") if isinstance(rec.get("problem"), str) else user_text(rec) or ""
+        yield PendingSample(out["scored_from"], response, "" if ans is None else str(ans), out, choices_of(rec), tests,
+                            problem)
 
 
 def _tests_of(rec: dict[str, Any], loc: Any) -> Any:
@@ -288,8 +315,9 @@ def _tests_of(rec: dict[str, Any], loc: Any) -> Any:
 def score_inputs(inputs: list[str], output_path: str | Path, pass_k: list[int], cons_k: list[int] | None = None,
                  workers: int = 0, timeout_s: float = 5.0, require_think: bool = True, batch_size: int = 2048,
                  bootstrap_resamples: int = 1000, seed: int = 0, progress: bool = True,
-                 sandbox: Any = None) -> dict[str, Any]:
-    """Grade existing responses into ``output_path`` (resumable) and compute metrics per benchmark.
+                 sandbox: Any = None, judge: Any = None) -> dict[str, Any]:
+    """Grade existing responses into ``output_path`` (resumable) and compute metrics per benchmark
+    (with ``judge``, a :class:`pipeline.judge.Judge`, the LLM judge grades what no test checks).
 
     Returns ``{"benchmarks": {name: metrics}, "grading": {...}}``.
     """
@@ -300,7 +328,7 @@ def score_inputs(inputs: list[str], output_path: str | Path, pass_k: list[int], 
     with ShardWriter(output_path, key=lambda r: r["scored_from"]) as writer:
         stats = grade_into(_score_pending(paths), writer, workers=workers, timeout_s=timeout_s,
                            require_think=require_think, batch_size=batch_size, desc="scoring",
-                           progress=progress, sandbox=sandbox)
+                           progress=progress, sandbox=sandbox, judge=judge)
     by_bench: dict[str, list[dict[str, Any]]] = {}
     for rec in load_graded(output_path):
         by_bench.setdefault(rec["benchmark"], []).append(rec)

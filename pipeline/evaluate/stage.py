@@ -37,6 +37,7 @@ from pipeline.cliutil import add_stage_action, add_stage_parser, config_from_arg
 from pipeline.config import ConfigError, Section, StageConfig
 from pipeline.evaluate.benchmarks import BenchmarkSpec, canonical_name, load_problems, resolve_spec
 from pipeline.generate.config import OpenAIConfig, SamplingConfig, TransformersConfig, VLLMConfig
+from pipeline.judge import JudgeSettings
 from pipeline.records import write_json_atomic
 
 __all__ = ["EvalConfig", "ModelSpec", "ScoreConfig", "run", "run_one", "score", "compare", "register"]
@@ -70,6 +71,8 @@ class ScoringSettings(StageConfig):
     progress: bool = Field(True, description="show progress bars")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="code benchmarks (humaneval, mbpp, "
                                    "records with `tests`): isolation and limits for running each program")
+    judge: JudgeSettings = Field(default_factory=JudgeSettings, description="LLM judge for answers no rule can "
+                                 "check (benchmarks with grader: judge; score with grader: judge); off by default")
 
 
 class EvalConfig(ScoringSettings):
@@ -111,6 +114,10 @@ class EvalConfig(ScoringSettings):
             raise ValueError(f"benchmarks: duplicate names in {names}")
         if any(k < 1 for k in self.pass_k):
             raise ValueError("pass_k: every k must be >= 1")
+        judged = [b.name for b in self.benchmarks if not isinstance(b, str) and b.grader == "judge"]
+        if judged and not self.judge.enabled:
+            raise ValueError(f"benchmarks {judged} use grader: judge; set judge.enabled: true (and judge.model, "
+                             "judge.base_url)")
         return self
 
 
@@ -120,6 +127,14 @@ class ScoreConfig(ScoringSettings):
     inputs: list[str] = Field(..., description="response files or folders (JSONL/JSON/Parquet)")
     output_dir: str | None = Field(None, description="results folder (default: <first input>_scored)")
     label: str | None = Field(None, description="display name (default: the first input's name)")
+    grader: Literal["rule", "judge"] = Field("rule", description="rule: math-verify / option letter; judge: the "
+                                             "LLM judge (needs judge.enabled)")
+
+    @model_validator(mode="after")
+    def _judge_on(self) -> "ScoreConfig":
+        if self.grader == "judge" and not self.judge.enabled:
+            raise ValueError("grader: judge needs judge.enabled: true (and judge.model, judge.base_url)")
+        return self
 
 
 # --------------------------------------------------------------------------- helpers
@@ -281,12 +296,13 @@ def run_one(cfg: EvalConfig, model: str, label: str, revision: str | None, out: 
         shards = sorted((out / spec.name / "generations").glob("shard-*.jsonl"))
         samples_path = out / spec.name / "samples.jsonl"
         t = time.perf_counter()
-        with ShardWriter(samples_path, key=sample_key) as writer:
+        with _judge_for(cfg, out, spec.grader == "judge") as judge, ShardWriter(samples_path, key=sample_key) as writer:
             total = sum(_count_lines(f) for f in shards)
             gstats = grade_into(samples_from_generations(shards, spec.name, answers, choices, tests), writer,
                                 workers=workers, total=total, batch_size=cfg.grading_batch,
                                 timeout_s=cfg.grading_timeout_s, require_think=cfg.require_think,
-                                desc=f"grading {spec.name}", progress=cfg.progress, sandbox=cfg.sandbox)
+                                desc=f"grading {spec.name}", progress=cfg.progress, sandbox=cfg.sandbox,
+                                judge=judge)
         dt = time.perf_counter() - t
         timing["grading_s"] += dt
         timing["per_benchmark"][spec.name].update({"grading_s": dt, "graded": gstats["graded"],
@@ -333,6 +349,17 @@ def run_one(cfg: EvalConfig, model: str, label: str, revision: str | None, out: 
     write_json_atomic(out / "results.json", results)
     _print_summary(results)
     return results
+
+
+def _judge_for(cfg: ScoringSettings, out: Path, wanted: bool) -> Any:
+    """The LLM judge (cache in ``<out>/judge_cache`` unless ``judge.cache_dir``) or a no-op context."""
+    from contextlib import nullcontext
+
+    if not wanted:
+        return nullcontext(None)
+    from pipeline.judge import Judge
+
+    return Judge(cfg.judge, out / "judge_cache")
 
 
 def _problem_row(p: Any) -> dict[str, Any]:
@@ -422,10 +449,12 @@ def _score(cfg: ScoreConfig, out: Path, label: str) -> dict[str, Any]:
     from pipeline.evaluate.report import write_run_report
     from pipeline.evaluate.run import score_inputs
 
-    res = score_inputs(cfg.inputs, out / "scored.jsonl", cfg.pass_k, cfg.cons_k, workers=cfg.grading_workers,
-                       timeout_s=cfg.grading_timeout_s, require_think=cfg.require_think, batch_size=cfg.grading_batch,
-                       sandbox=cfg.sandbox,
-                       bootstrap_resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed, progress=cfg.progress)
+    with _judge_for(cfg, out, cfg.grader == "judge") as judge:
+        res = score_inputs(cfg.inputs, out / "scored.jsonl", cfg.pass_k, cfg.cons_k, workers=cfg.grading_workers,
+                           timeout_s=cfg.grading_timeout_s, require_think=cfg.require_think,
+                           batch_size=cfg.grading_batch, bootstrap_resamples=cfg.bootstrap_resamples,
+                           seed=cfg.bootstrap_seed, progress=cfg.progress, sandbox=cfg.sandbox,
+                           judge=judge)
     paper_key = match_reference(label)
     for name, m in res["benchmarks"].items():
         if paper_key and name in PAPER[paper_key]:

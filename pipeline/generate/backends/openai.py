@@ -22,7 +22,7 @@ import os
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from pipeline.chat import THINK_CLOSE, THINK_OPEN
@@ -142,9 +142,12 @@ class OpenAIBackend:
                           finish_reason=normalize_finish_reason(choice.get("finish_reason")))
 
     # ------------------------------------------------------------------ interface
+    def submit(self, prompt: PromptInput, sample_index: int, sampling: Any) -> Future[Completion]:
+        """One sample in the background, through the same pool, retries and key handling (the judge)."""
+        return self._pool.submit(self._sample, prompt, sample_index, sampling)
+
     def generate(self, prompts: list[PromptInput], sampling: Any) -> list[list[Completion]]:
-        futures = [[self._pool.submit(self._sample, p, k, sampling) for k in p.indices(sampling)]
-                   for p in prompts]
+        futures = [[self.submit(p, k, sampling) for k in p.indices(sampling)] for p in prompts]
         try:
             return [[f.result() for f in row] for row in futures]
         except BaseException:
