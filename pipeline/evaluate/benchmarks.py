@@ -72,8 +72,6 @@ class BenchmarkSpec(Section):
     split_column: str | None = Field(None, description="local files: keep only rows whose split_column equals split")
     template: str | None = Field(None, description="prompt template for this benchmark (default: eval's template; "
                                  "multiple-choice sets: science)")
-    grader: Literal["rule", "judge"] = Field("rule", description="rule: math-verify / option letter; judge: the "
-                                             "LLM judge (eval's judge section), for answers no rule can check")
 
 
 @dataclass(frozen=True)
@@ -170,9 +168,10 @@ def resolve_spec(item: str | BenchmarkSpec | dict[str, Any], hf_fallback: bool =
         f = d / known.file
         if f.is_file():
             return spec.model_copy(update={"name": key, "path": str(f), "id_column": spec.id_column or known.id_column})
-    if not hf_fallback:
-        raise BenchmarkNotFound(f"benchmark {spec.name}: tried {_local_tried(known.file)}; the Hugging Face hub is "
-                                "off (hf_fallback: false). Set DISTILL_DATA_DIR or give the benchmark a path")
+    if not hf_fallback or not known.hf:
+        why = "the Hugging Face hub is off (hf_fallback: false)" if known.hf else "this set has no hub copy"
+        raise BenchmarkNotFound(f"benchmark {spec.name}: tried {_local_tried(known.file)}; {why}. "
+                                "Set DISTILL_DATA_DIR or give the benchmark a path")
     return spec.model_copy(update={"name": key, "path": known.hf, "split": known.hf_split, "problem_column": known.hf_problem,
                                    "answer_column": known.hf_answer, "id_column": spec.id_column or known.hf_id,
                                    "split_column": None})  # a hub split is chosen by `split`, not by a column
