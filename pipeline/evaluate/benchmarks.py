@@ -72,6 +72,8 @@ class BenchmarkSpec(Section):
     split_column: str | None = Field(None, description="local files: keep only rows whose split_column equals split")
     template: str | None = Field(None, description="prompt template for this benchmark (default: eval's template; "
                                  "multiple-choice sets: science)")
+    grader: Literal["rule", "judge"] = Field("rule", description="rule: math-verify / option letter; judge: the "
+                                             "LLM judge (eval's judge section), for answers no rule can check")
 
 
 @dataclass(frozen=True)
