@@ -22,7 +22,7 @@ import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -51,6 +51,12 @@ class PromptSourceConfig(Section):
     require_answer: bool = Field(False, description="error when a prompt has no reference answer")
     drop_duplicates: bool = Field(True, description="keep only the first of prompts with the same problem text")
     limit: int | None = Field(None, ge=1, description="use only the first N prompts (after de-duplication)")
+    layout: Literal["columns", "mbpp", "humaneval", "code"] = Field(
+        "columns", description="columns: the mapped columns; mbpp / humaneval: those sets' own fields made into a "
+        "code prompt plus a `tests` field (pipeline/code/datasets.py); code: problem_column plus a `tests` field, "
+        "validated. Code layouts default to domain `code`")
+    splits: list[str] | None = Field(None, description="keep only rows whose `split` field is one of these "
+                                     "(e.g. [train, validation] of mbpp.jsonl; its test split is an eval set)")
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,30 @@ def _to_prompt(loc: Located, cfg: PromptSourceConfig) -> Prompt:
     return Prompt(id=pid, problem=problem, answer=answer, domain=domain, meta=meta, source=f"{loc.path}:{loc.line}")
 
 
+_CONSUMED = {"mbpp": ("text", "code", "test_list", "test_setup_code"),
+             "humaneval": ("prompt", "canonical_solution", "test", "entry_point")}
+
+
+def _code_row(loc: Located, cfg: PromptSourceConfig) -> Located:
+    """A code set's row as a prompt row: ``problem_column`` = the prompt text, ``tests`` validated
+    (the reference solution and the raw test fields are dropped, so they never reach a record)."""
+    from pipeline.code.datasets import REQUIRED, code_problem
+    from pipeline.code.tests import TestsError, parse_tests
+
+    row = loc.record
+    for col in REQUIRED.get(cfg.layout, (cfg.problem_column, "tests")):
+        if not row.get(col):
+            raise RecordError(loc.path, loc.line, f"missing or empty (input.layout {cfg.layout})", field=col)
+    text, tests = code_problem(row, cfg.layout, cfg.problem_column)
+    try:
+        parse_tests(tests)
+    except TestsError as exc:
+        raise RecordError(loc.path, loc.line, str(exc), field=exc.field) from None
+    out = {k: v for k, v in row.items() if k not in _CONSUMED.get(cfg.layout, ())}
+    out.update({cfg.problem_column: text, "tests": tests})
+    return Located(loc.path, loc.line, out)
+
+
 def load_prompt_set(cfg: PromptSourceConfig) -> PromptSet:
     """Load, validate, de-duplicate and (optionally) truncate the prompts; see the module rules."""
     if cfg.path:
@@ -189,7 +219,13 @@ def load_prompt_set(cfg: PromptSourceConfig) -> PromptSet:
     by_id: dict[str, Prompt] = {}
     by_content: dict[str, Prompt] = {}
     result = PromptSet(prompts=out)
+    if cfg.layout != "columns" and "default_domain" not in cfg.model_fields_set:
+        cfg = cfg.model_copy(update={"default_domain": "code"})
     for loc in rows:
+        if cfg.splits is not None and str(loc.record.get("split")) not in cfg.splits:
+            continue
+        if cfg.layout != "columns":
+            loc = _code_row(loc, cfg)
         p = _to_prompt(loc, cfg)
         first = by_id.get(p.id)
         if first is not None and first.problem.strip() != p.problem.strip():

@@ -304,7 +304,7 @@ def problem_texts(entry: str) -> tuple[BenchmarkSource, list[tuple[str, str]]]:
         probs = load_problems(spec)
         local = not spec.path.startswith("hf:")
         stem = Path(spec.path).stem if local else spec.name
-        items = [(f"{stem}:{p.line}", p.problem) for p in probs]
+        items = [(f"{stem}:{p.line}", p.meta.get("decontam_text", p.problem)) for p in probs]
         digest = (_file_sha256(Path(spec.path)) if local else
                   hashlib.sha256("".join(t + "\n" for _, t in items).encode("utf-8")).hexdigest())
         return BenchmarkSource(spec.name, spec.path, digest, "file" if local else "problems", len(items)), items

@@ -4,15 +4,9 @@ Each problem becomes a :class:`~pipeline.evaluate.benchmarks.Problem` whose ``an
 whose ``meta["tests"]`` holds the tests in the record format of :mod:`pipeline.code.tests`; the
 response is graded by running the program it ends with (:mod:`pipeline.code.verify`).
 
-Prompt texts (the ``code_function`` template then asks for the solution in one ```python block):
-
-* ``humaneval``: "Complete the following Python function:" and the task's prompt (signature +
-  docstring) in a fenced block. The tests are ``check(entry_point)`` from the task's ``test``; a
-  response may give the whole function or only its body (see :func:`pipeline.code.tests.build_job`).
-* ``mbpp``: the task text, then "Your code should pass these tests:" and its three asserts (the
-  MBPP paper's format: the asserts are where the function name is given). Tests: the asserts after
-  ``test_setup_code``. Only rows whose ``split`` is ``spec.split`` (``test``: task_id 11-510).
-* ``code`` (any file): ``problem_column`` is the prompt, ``tests`` the tests field.
+Prompt texts and tests come from :mod:`pipeline.code.datasets` (the ``code_function`` template then
+asks for the solution in one ```python block). ``mbpp`` keeps only rows whose ``split`` is
+``spec.split`` (``test``: task_id 11-510); ``layout: code`` reads ``problem_column`` + ``tests``.
 """
 
 from __future__ import annotations
@@ -20,35 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from pipeline.code.datasets import REQUIRED, code_problem, decontam_text
 from pipeline.code.tests import TestsError, parse_tests
 from pipeline.records import RecordError
 
-__all__ = ["code_problem", "load_code_problems", "CODE_LAYOUTS"]
-
-CODE_LAYOUTS = ("humaneval", "mbpp", "code")
-
-
-def _humaneval(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    text = f"Complete the following Python function:\n\n```python\n{row['prompt'].rstrip()}\n```"
-    return text, {"format": "humaneval", "prompt": row["prompt"], "test": row["test"], "entry_point": row["entry_point"]}
-
-
-def _mbpp(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    asserts = list(row["test_list"])
-    text = f"{row['text'].strip()}\nYour code should pass these tests:\n\n" + "\n".join(asserts)
-    return text, {"format": "mbpp", "asserts": asserts, "setup": row.get("test_setup_code") or ""}
-
-
-def code_problem(row: dict[str, Any], layout: str, problem_column: str = "problem") -> tuple[str, dict[str, Any]]:
-    """``(prompt text, tests)`` of one row; KeyError/TypeError for a missing field."""
-    if layout == "humaneval":
-        return _humaneval(row)
-    if layout == "mbpp":
-        return _mbpp(row)
-    return str(row[problem_column]), row["tests"]
-
-
-_NEEDS = {"humaneval": ("prompt", "test", "entry_point"), "mbpp": ("text", "test_list")}
+__all__ = ["load_code_problems"]
 
 
 def load_code_problems(rows: Iterable[tuple[str, int, dict[str, Any]]], spec: Any) -> list[Any]:
@@ -60,7 +30,7 @@ def load_code_problems(rows: Iterable[tuple[str, int, dict[str, Any]]], spec: An
     for n, (src, line, row) in enumerate(rows):
         if spec.limit is not None and len(out) >= spec.limit:
             break
-        for col in _NEEDS.get(spec.layout, (spec.problem_column, "tests")):
+        for col in REQUIRED.get(spec.layout, (spec.problem_column, "tests")):
             if not row.get(col):
                 raise RecordError(src, line, f"missing or empty (benchmark {spec.name}, layout {spec.layout})", field=col)
         text, tests = code_problem(row, spec.layout, spec.problem_column)
@@ -73,5 +43,6 @@ def load_code_problems(rows: Iterable[tuple[str, int, dict[str, Any]]], spec: An
             raise RecordError(src, line, f"duplicate problem id {pid!r} (first at line {seen[pid]})",
                               field=spec.id_column or "id")
         seen[pid] = line
-        out.append(Problem(pid, text, "", line, meta={"tests": tests}))
+        out.append(Problem(pid, text, "", line,
+                           meta={"tests": tests, "decontam_text": decontam_text(row, spec.layout, spec.problem_column)}))
     return out
