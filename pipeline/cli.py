@@ -57,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:  # httpx logs every request at INFO: one line per sample/verdict floods a run
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         result = args.func(args)
     except (ConfigError, RecordError, UserError) as exc:

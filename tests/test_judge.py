@@ -254,3 +254,27 @@ def test_eval_score_with_the_judge(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="judge.enabled"):
         ScoreConfig(inputs=[str(inp)], grader="judge")
     assert_no_secret(tmp_path)
+
+
+def test_distill_eval_benchmark_graded_by_the_judge(tiny_model_dir, tmp_path, monkeypatch):
+    from pipeline.evaluate.stage import EvalConfig, run
+
+    monkeypatch.setenv("JUDGE_TEST_KEY", SECRET)
+    bench = tmp_path / "open.jsonl"
+    bench.write_text("".join(json.dumps({"problem": f"Name organelle {i}.", "answer": f"organelle {i}"}) + "\n"
+                             for i in range(4)))
+    with JudgeServer() as server:
+        cfg = EvalConfig.model_validate(dict(
+            model=str(tiny_model_dir), label="tiny", backend="transformers", require_think=False,
+            benchmarks=[{"name": "open_sci", "path": str(bench), "grader": "judge"}],
+            sampling={"n": 2, "max_tokens": 16, "seed": 1}, pass_k=[1, 2], output_dir=str(tmp_path / "eval"),
+            grading_workers=1, progress=False, transformers={"device": "cpu", "batch_size": 8}, batch_size=8,
+            judge=settings(server).model_dump()))
+        m = run(cfg)["benchmarks"]["open_sci"]
+        assert 1 <= len(server.requests) <= 8
+    assert m["samples"] == 8 and set(m["statuses"]) <= {"correct", "wrong"}
+    samples = read_jsonl(tmp_path / "eval" / "open_sci" / "samples.jsonl")
+    assert all(s["judge"]["model"] == "tiny-judge" and s["judge"]["verdict"] == s["grade_status"] for s in samples)
+    with pytest.raises(ValueError, match="judge.enabled"):
+        EvalConfig.model_validate(dict(model="m", benchmarks=[{"name": "x", "path": str(bench), "grader": "judge"}]))
+    assert_no_secret(tmp_path)
