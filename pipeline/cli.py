@@ -52,6 +52,16 @@ class StageImportError(ImportError):
     """A stage module of the CLI cannot be imported (a broken install or a syntax error)."""
 
 
+def os_error_line(exc: OSError) -> str:
+    """One line naming the path(s) and the system's reason: ``runs/x: Read-only file system``."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None and exc.filename2 is not None:
+        return f"{exc.filename} -> {exc.filename2}: {reason}"
+    if exc.filename is not None:
+        return f"{exc.filename}: {reason}"
+    return f"{type(exc).__name__}: {reason}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -63,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.func(args)
     except (ConfigError, RecordError, UserError) as exc:
         print(f"distill {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # read-only folder, no such file, a folder where a file belongs, disk full ...
+        if args.verbose:
+            raise
+        print(f"distill {args.command}: error: {os_error_line(exc)} (run with -v for the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"distill {args.command}: interrupted; run the same command again to resume", file=sys.stderr)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.errors import OutputBusy
+from pipeline.errors import OutputBusy, UserError
 
 __all__ = [
     "RecordError", "Located", "iter_records", "expand_inputs", "ShardWriter", "write_json_atomic",
@@ -326,6 +326,8 @@ class ShardWriter:
     def __init__(self, path: str | Path, key: Callable[[dict[str, Any]], Any] = lambda r: r["id"]):
         self.path = Path(path)
         self.key = key
+        if self.path.is_dir():
+            raise UserError(f"{self.path}: is a folder; this output must be a file path")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Not ``<file>.lock``: that is the stage-level ``pipeline.locking.output_lock`` of a file output,
         # held by the same process around this writer (two flocks on one file would refuse each other).
@@ -358,9 +360,13 @@ class ShardWriter:
             self.done.add(k)
             lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
         if lines:
-            self._fh.write("".join(lines))
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            try:
+                self._fh.write("".join(lines))
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            except OSError as exc:  # disk full, quota, I/O error: the lines on disk stay exact (see _repair_tail)
+                raise UserError(f"{self.path}: cannot write ({exc.strerror or exc}); records written before are "
+                                "kept: free space and rerun the same command to resume") from exc
             self.written += len(lines)
         return len(lines)
 
@@ -379,7 +385,12 @@ class ShardWriter:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        self.close()
+        try:
+            self.close()
+        except OSError:
+            if exc_type is None:
+                raise
+            # closing after a failed write retries the unwritten buffer; the first error is the one to report
         if exc_type is not None and self._created and self.written == 0:
             # A run that failed before writing anything leaves no empty output behind.
             try:
@@ -407,6 +418,10 @@ def write_text_atomic(path: str | Path, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise UserError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

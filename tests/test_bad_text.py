@@ -82,7 +82,7 @@ def test_eval_score_names_the_line(tmp_path, capsys):
 def test_generate_prompts_name_the_line(tmp_path, capsys, suffix, content):
     path = tmp_path / f"prompts{suffix}"
     path.write_bytes(content)
-    assert main(["generate", "--model", str(tmp_path / "m"), "--backend", "transformers", "--input", str(path),
+    assert main(["generate", "--model", "served", "--backend", "openai", "--input", str(path),
                  "--output", str(tmp_path / "gen")]) == 2
     _one_line_error(capsys, f"{path}:{3 if suffix == '.csv' else 2}:")
     assert not (tmp_path / "gen").exists()

@@ -412,5 +412,5 @@ def test_hf_fallback_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(bm, "data_dirs", lambda: [])
     spec = resolve_spec("aime24")
     assert spec.path == "hf:HuggingFaceH4/aime_2024"
-    with pytest.raises(ConfigError, match="could not load Hugging Face dataset 'HuggingFaceH4/aime_2024'"):
+    with pytest.raises(bm.BenchmarkNotFound, match="the Hugging Face dataset 'HuggingFaceH4/aime_2024'"):
         load_problems(spec)

@@ -168,7 +168,7 @@ def test_wrong_key_is_not_retried_and_not_echoed(server, tiny_model_dir, tmp_pat
     with pytest.raises(OpenAIError) as err:
         run(_cfg(server, tiny_model_dir, tmp_path))
     assert "HTTP 401" in str(err.value) and "sk-wrong-key-9999" not in str(err.value)
-    assert not (tmp_path / "gen" / "shard-00000-of-00001.jsonl").read_text()  # nothing half-written
+    assert not (tmp_path / "gen" / "shard-00000-of-00001.jsonl").exists()  # nothing half-written, no empty file
 
 
 def test_reasoning_content_is_merged_back_as_think_block(server, tiny_model_dir, tmp_path):

@@ -46,12 +46,20 @@ def _prompts(path: Path) -> Path:
     return path
 
 
+def _fake_model(path: Path) -> Path:
+    """A folder that passes the up-front model check (the lock is refused before anything loads it)."""
+    path.mkdir(exist_ok=True)
+    for name in ("config.json", "tokenizer.json"):
+        (path / name).write_text("{}")
+    return path
+
+
 def _train_yaml(tmp_path: Path, extra: str = "") -> Path:
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "q"},
                                              {"role": "assistant", "content": "a"}]}) + "\n")
     cfg = tmp_path / "train.yaml"
-    cfg.write_text(f"model: {tmp_path / 'no_model'}\ndata: [{data}]\noutput_dir: {tmp_path / 'run'}\n{extra}")
+    cfg.write_text(f"model: {_fake_model(tmp_path / 'model')}\ndata: [{data}]\noutput_dir: {tmp_path / 'run'}\n{extra}")
     return cfg
 
 
@@ -64,14 +72,14 @@ def _shard_folder(tmp_path: Path) -> Path:
 
 CASES = {
     "generate": (lambda t: t / "gen" / "shard-00000-of-00001.jsonl",
-                 lambda t: ["generate", "--model", str(t / "m"), "--backend", "transformers",
+                 lambda t: ["generate", "--model", str(_fake_model(t / "m")), "--backend", "transformers",
                             "--input", str(_prompts(t / "p.jsonl")), "--output", str(t / "gen")]),
     "merge": (lambda t: t / "merged.jsonl",
               lambda t: ["merge", "--inputs", str(_shard_folder(t)), "--output", str(t / "merged.jsonl")]),
     "sft": (lambda t: t / "run", lambda t: ["sft", "--config", str(_train_yaml(t))]),
-    "kd": (lambda t: t / "run", lambda t: ["kd", "--config", str(_train_yaml(t, f"teacher: {t / 'tm'}\n"))]),
+    "kd": (lambda t: t / "run", lambda t: ["kd", "--config", str(_train_yaml(t, f"teacher: {_fake_model(t / 'tm')}\n"))]),
     "kd cache": (lambda t: t / "cache",
-                 lambda t: ["kd", "cache", "--config", str(_train_yaml(t, f"teacher: {t / 'tm'}\n")),
+                 lambda t: ["kd", "cache", "--config", str(_train_yaml(t, f"teacher: {_fake_model(t / 'tm')}\n")),
                             "--teacher-cache", str(t / "cache")]),
     "eval": (lambda t: t / "ev", lambda t: ["eval", "--model", str(t / "m"), "--output", str(t / "ev")]),
     "eval score": (lambda t: t / "sc", lambda t: ["eval", "score", "--input", str(_prompts(t / "r.jsonl")),

@@ -329,6 +329,9 @@ def score_inputs(inputs: list[str], output_path: str | Path, pass_k: list[int], 
         stats = grade_into(_score_pending(paths), writer, workers=workers, timeout_s=timeout_s,
                            require_think=require_think, batch_size=batch_size, desc="scoring",
                            progress=progress, sandbox=sandbox, judge=judge)
+        if not writer.done:  # an empty input is an error in every stage (a broken upstream step, not a result)
+            raise RecordError(paths[0] if len(paths) == 1 else ", ".join(map(str, paths)), None,
+                              "no responses to score (the input holds no records)")
     by_bench: dict[str, list[dict[str, Any]]] = {}
     for rec in load_graded(output_path):
         by_bench.setdefault(rec["benchmark"], []).append(rec)

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.code.sandbox import SandboxConfig
 from pipeline.cliutil import add_stage_action, add_stage_parser, config_from_args
@@ -74,6 +74,13 @@ class ScoringSettings(StageConfig):
     judge: JudgeSettings = Field(default_factory=JudgeSettings, description="LLM judge for answers no rule can "
                                  "check (benchmarks with grader: judge; score with grader: judge); off by default")
 
+    @field_validator("pass_k", "cons_k")
+    @classmethod
+    def _positive_ks(cls, ks: list[int] | None) -> list[int] | None:
+        if ks is not None and (not ks or any(k < 1 for k in ks)):
+            raise ValueError(f"every k must be >= 1 (got {ks})")
+        return ks
+
 
 class EvalConfig(ScoringSettings):
     """``distill eval``: generate k samples per problem with the generate stage's backends, grade, score."""
@@ -112,8 +119,6 @@ class EvalConfig(ScoringSettings):
                  for b in self.benchmarks]
         if len(set(names)) != len(names):
             raise ValueError(f"benchmarks: duplicate names in {names}")
-        if any(k < 1 for k in self.pass_k):
-            raise ValueError("pass_k: every k must be >= 1")
         judged = [b.name for b in self.benchmarks if not isinstance(b, str) and b.grader == "judge"]
         if judged and not self.judge.enabled:
             raise ValueError(f"benchmarks {judged} use grader: judge; set judge.enabled: true (and judge.model, "
@@ -249,6 +254,10 @@ def run_one(cfg: EvalConfig, model: str, label: str, revision: str | None, out: 
     specs = [resolve_spec(b, cfg.hf_fallback) for b in cfg.benchmarks]
     # Load every set first: a bad file fails before the model is loaded and before anything is written.
     problems = {spec.name: load_problems(spec, cfg.hf_fallback) for spec in specs}
+    if cfg.backend != "openai":  # a served model is named, not a folder
+        from pipeline.modelcheck import check_model_source
+
+        check_model_source(model, "model")
     out.mkdir(parents=True, exist_ok=True)
     if not marker.is_file():
         write_json_atomic(marker, _run_marker(model, revision, cfg))

@@ -112,6 +112,8 @@ def _merge(cfg: MergeConfig, files: list[Path], num_shards: int) -> dict[str, An
                 writer.write(batch)
                 batch = []
         writer.write(batch)
+        if not writer.done:  # an empty input is an error in every stage (a broken upstream step, not a result)
+            raise RecordError(files[0].parent, None, f"the {len(files)} shard(s) hold no samples; nothing to merge")
         repeats = read - len(writer.done)
     stats, lengths = compute_stats([out])
     stats.update({"shards": len(files), "num_shards": num_shards, "repeats_dropped": repeats, "output": str(out)})

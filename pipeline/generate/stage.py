@@ -68,6 +68,10 @@ def run(cfg: GenerateConfig, backend: Any = None) -> dict[str, Any]:
     """Generate this shard (or, for vLLM with ``data_parallel_size > 1``, all replicas of this node)."""
     from pipeline.generate.run import generate
 
+    if backend is None and cfg.backend != "openai":  # a served model is named, not a folder
+        from pipeline.modelcheck import check_model_source
+
+        check_model_source(cfg.model, "model")
     dp = cfg.vllm.data_parallel_size
     if cfg.backend == "vllm" and dp > 1 and backend is None:
         return _run_replicas(cfg, dp)

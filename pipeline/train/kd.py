@@ -232,8 +232,18 @@ def run(cfg: KDConfig) -> dict:
     """Train the student by distillation; return the loop's summary plus the KD settings used."""
     from pipeline.locking import launcher_output_lock
 
+    _check_sources(cfg, teacher_needed=not _cache_ready(cfg))
     with launcher_output_lock(cfg.output_dir, "distill kd"):
         return _train(cfg)
+
+
+def _check_sources(cfg: KDConfig, teacher_needed: bool) -> None:
+    """Student, tokenizer and (when it will be loaded) teacher folders, before anything is written."""
+    from pipeline.modelcheck import check_model_source, check_student
+
+    check_student(cfg.model, cfg.tokenizer)
+    if teacher_needed and cfg.teacher:
+        check_model_source(cfg.teacher, "teacher")
 
 
 def _train(cfg: KDConfig) -> dict:
@@ -274,6 +284,7 @@ def build_teacher_cache(cfg: KDConfig) -> dict:
 
     if not cfg.teacher_cache:
         raise ConfigError("teacher_cache: required for `distill kd cache` (the folder to write)")
+    _check_sources(cfg, teacher_needed=True)
     with launcher_output_lock(cfg.teacher_cache, "distill kd cache"):
         return build_cache(cfg)
 

@@ -77,16 +77,20 @@ def _make_loss(ctx) -> Any:
 def run(cfg: SFTConfig) -> dict:
     """Train; return the summary (final_loss, steps, trained_tokens, model_dir, ...)."""
     from pipeline.locking import launcher_output_lock
+    from pipeline.modelcheck import check_student
     from pipeline.train.loop import run_training
 
+    check_student(cfg.model, cfg.tokenizer)
     with launcher_output_lock(cfg.output_dir, "distill sft"):
         return run_training(cfg, _make_loss, stage="sft")
 
 
 def check(cfg: SFTConfig) -> dict:
     """Preflight: render ``check_samples`` samples, show trained tokens; ``ok`` False on a bad mask."""
+    from pipeline.modelcheck import check_student
     from pipeline.train.loop import run_training
 
+    check_student(cfg.model, cfg.tokenizer)
     return run_training(cfg, _make_loss, stage="sft", check=True)
 
 

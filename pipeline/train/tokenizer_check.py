@@ -17,14 +17,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.errors import UserError
+
 __all__ = ["TokenizerMismatch", "VocabCheck", "check_vocab", "PROBE_TEXT"]
 
 PROBE_TEXT = ("<think>\nLet x = 12. Then 2x + 3 = 27, so the answer is \\boxed{27}.\n</think>\n"
               "The answer is \\boxed{27}. 我们来一步一步地思考。")
 
 
-class TokenizerMismatch(ValueError):
-    """Teacher and student vocabularies differ (the message says where)."""
+class TokenizerMismatch(UserError, ValueError):
+    """Teacher and student vocabularies differ (the message says where, in one line)."""
 
 
 @dataclass
@@ -41,7 +43,8 @@ def _show(token: str | None) -> str:
     return "<none>" if token is None else repr(token)
 
 
-def _diff_message(t_vocab: dict[str, int], s_vocab: dict[str, int], t_len: int, s_len: int, limit: int = 5) -> str:
+def _diff_message(t_vocab: dict[str, int], s_vocab: dict[str, int], t_len: int, s_len: int, limit: int = 5,
+                  names: tuple[str, str] = ("", "")) -> str:
     t_by_id = {i: s for s, i in t_vocab.items()}
     s_by_id = {i: s for s, i in s_vocab.items()}
     diffs = []
@@ -53,7 +56,8 @@ def _diff_message(t_vocab: dict[str, int], s_vocab: dict[str, int], t_len: int, 
     only_t = sorted(set(t_vocab) - set(s_vocab), key=t_vocab.get)
     only_s = sorted(set(s_vocab) - set(t_vocab), key=s_vocab.get)
     n_diff = sum(1 for s, i in t_vocab.items() if s_vocab.get(s) != i)
-    parts = [f"teacher and student tokenizers differ: sizes {t_len} (teacher) vs {s_len} (student); "
+    where = f" (teacher {names[0]}, student {names[1]})" if all(names) else ""
+    parts = [f"teacher and student tokenizers differ{where}: sizes {t_len} (teacher) vs {s_len} (student); "
              f"{n_diff} teacher tokens have another id (or none) in the student"]
     if diffs:
         parts.append("first differing ids: " + "; ".join(diffs))
@@ -63,7 +67,7 @@ def _diff_message(t_vocab: dict[str, int], s_vocab: dict[str, int], t_len: int, 
         parts.append(f"only in student ({len(only_s)}): " + ", ".join(repr(x) for x in only_s[:limit]))
     parts.append("logit distillation needs one vocabulary; use a teacher from the student's family, or "
                  "distill from its generated text with `distill sft` instead")
-    return "\n  ".join(parts)
+    return "; ".join(parts)
 
 
 def check_vocab(teacher_tok: Any, student_tok: Any, teacher_rows: int | None = None,
@@ -75,7 +79,8 @@ def check_vocab(teacher_tok: Any, student_tok: Any, teacher_rows: int | None = N
     t_vocab, s_vocab = teacher_tok.get_vocab(), student_tok.get_vocab()
     t_len, s_len = len(teacher_tok), len(student_tok)
     if t_vocab != s_vocab or t_len != s_len:
-        raise TokenizerMismatch(_diff_message(t_vocab, s_vocab, t_len, s_len))
+        names = (str(getattr(teacher_tok, "name_or_path", "") or ""), str(getattr(student_tok, "name_or_path", "") or ""))
+        raise TokenizerMismatch(_diff_message(t_vocab, s_vocab, t_len, s_len, names=names))
     vocab = s_len
     for who, rows in (("student", student_rows), ("teacher", teacher_rows)):
         if rows is not None and rows < vocab:

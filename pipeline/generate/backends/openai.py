@@ -9,7 +9,10 @@ Rules:
   times with exponential backoff (``retry_backoff_s * 2**attempt``, full jitter, capped at 60 s;
   a ``Retry-After`` header is honoured). Other 4xx errors fail at once, with the server's message.
 * The API key is read from the env var named by ``api_key_env`` and sent only as the
-  ``Authorization`` header; it never appears in logs, errors, records or the saved config.
+  ``Authorization`` header; it never appears in logs, errors, records or the saved config, even
+  when a server echoes it back in an error body (every server text is redacted before use).
+* A request that fails for good raises :class:`OpenAIError`, a ``UserError``: one line naming the
+  URL (and, for 401/403, the env var the key came from), exit code 2.
 * R1-style servers return the reasoning separately (``reasoning_content``, or ``reasoning`` in newer
   vLLM); it is merged back as ``<think>\\n{reasoning}\\n</think>\\n\\n{content}`` so the stored
   response has the same shape whatever the engine.
@@ -26,17 +29,23 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from pipeline.chat import THINK_CLOSE, THINK_OPEN
+from pipeline.errors import UserError
 from pipeline.generate.backends.base import Completion, PromptInput, normalize_finish_reason
 
-__all__ = ["OpenAIBackend", "OpenAIError", "merge_reasoning"]
+__all__ = ["OpenAIBackend", "OpenAIError", "merge_reasoning", "redact"]
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 429}
 MAX_BACKOFF_S = 60.0
 
 
-class OpenAIError(RuntimeError):
+class OpenAIError(UserError):
     """A request failed for good (non-retryable status, or retries exhausted)."""
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with every occurrence of ``secret`` (the API key) replaced by ``***``."""
+    return text.replace(secret, "***") if secret else text
 
 
 def merge_reasoning(reasoning: str | None, content: str | None) -> str:
@@ -65,6 +74,7 @@ class OpenAIBackend:
         self.prefill_think = prefill_think
         self.extra_body = dict(extra_body or {})
         key = os.environ.get(api_key_env)
+        self._key, self._key_env = key or None, api_key_env
         headers = {"Content-Type": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
@@ -107,12 +117,19 @@ class OpenAIBackend:
             try:
                 resp = self._client.post(self.url, json=body)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                last = redact(f"{type(exc).__name__}: {exc}", self._key)
             else:
                 if resp.status_code == 200:
-                    return resp.json()
-                detail = resp.text[:300].replace("\n", " ")
+                    try:
+                        return resp.json()
+                    except ValueError:
+                        raise OpenAIError(f"{self.url}: HTTP 200 but the body is not JSON: "
+                                          f"{redact(resp.text, self._key)[:200]!r}") from None
+                detail = redact(resp.text, self._key)[:300].replace("\n", " ")
                 last = f"HTTP {resp.status_code}: {detail}"
+                if resp.status_code in (401, 403):
+                    key = f"the key in ${self._key_env}" if self._key else f"no key (${self._key_env} is not set)"
+                    raise OpenAIError(f"{self.url}: {last} (sent {key})")
                 if resp.status_code not in RETRY_STATUS and resp.status_code < 500:
                     raise OpenAIError(f"{self.url}: {last}")
                 retry_after = resp.headers.get("retry-after")
@@ -136,7 +153,8 @@ class OpenAIBackend:
             text = merge_reasoning(reasoning, msg.get("content"))
             usage = data.get("usage") or {}
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise OpenAIError(f"{self.url}: unexpected response shape ({exc!r}): {str(data)[:300]}") from None
+            raise OpenAIError(f"{self.url}: unexpected response shape ({exc!r}): "
+                              f"{redact(str(data), self._key)[:300]}") from None
         return Completion(text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
                           completion_tokens=int(usage.get("completion_tokens") or 0),
                           finish_reason=normalize_finish_reason(choice.get("finish_reason")))
