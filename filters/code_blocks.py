@@ -5,8 +5,18 @@ prose and LaTeX, not emit programs it cannot run. Detected:
 
 * a fenced block (``` or ~~~ at a line start), or
 * an indented block: >= ``min_indented_lines`` (3) consecutive lines indented by 4+ spaces or a
-  tab, at least one of which looks like code (``def``/``return``/``import``/``print(``/``for .. in``/
-  ``while``/``=``-assignment/``;`` line end). Indented prose or LaTeX alignment is not code.
+  tab that holds program text. Markdown and LaTeX put math on indented lines too (a numbered step
+  with its ``\\[ ... \\]`` display, ``R = \\frac{54}{2} = 27`` under a list item), so:
+
+  - lines inside display math (``\\[..\\]``, ``$$..$$``, ``\\begin{..}..\\end{..}``) and lines with
+    LaTeX (a ``\\command``, ``$``, ``^``, ``_{``) are math, never code;
+  - a *statement* line (``def``/``class``/``return``/``import``/``print(``/``for .. in``/``while``/
+    ``if ..:``/a ``;`` line end, or ``+=``-style updates) makes the block code anywhere;
+  - assignments make it code only outside a Markdown list (the block does not follow a ``1.``/
+    ``-``/``*`` item), when at least two lines are code-like assignments: a multi-character name
+    (``total = 0``) or code tokens (``**``, ``//``, ``range(``, brackets, quotes) on the right. A
+    one-letter name (``x = 5``) or a chain (``A = 5 * 3 = 15``) is an equation, and under a list
+    item every assignment is the item's equation.
 
 Only records whose domain is in ``domains`` (default math, science) are checked.
 """
@@ -27,8 +37,41 @@ class CodeBlockConfig(Section):
 
 
 _FENCE = re.compile(r"^[ \t]*(?:```|~~~)", re.MULTILINE)
-_CODEISH = re.compile(r"^\s*(?:def |class |return\b|import |from \w+ import|print\(|for \w+ in |while |if .*:\s*$|"
-                      r"[A-Za-z_]\w*(?:\[[^\]]*\])?\s*(?:[+\-*/]?=)\s*[^=]|.*;\s*$)")
+_STATEMENT = re.compile(r"^\s*(?:def |class |return\b|import |from \w+ import|print\(|for \w+ in |while |if .*:\s*$|elif |else:"
+                        r"|[A-Za-z_]\w*(?:\[[^\]]*\])?\s*(?:[+\-*/]=)|.*;\s*$)")
+# A code-like assignment: a multi-character name (``total = 0``, ``n_apples = 3``) or code tokens on
+# the right; a chain ``A = 5 * 3 = 15`` and a one-letter name ``x = 5`` are equations.
+_ASSIGNMENT = re.compile(r"^\s*(?:[A-Za-z_]\w*[A-Za-z_0-9]\w*(?:\[[^\]]*\])?\s*=\s*[^=\n]*"
+                         r"|[A-Za-z_]\s*=\s*.*(?:\*\*|//|range\(|len\(|\[|['\"]|\bTrue\b|\bFalse\b|\bNone\b).*)$")
+_LATEX = re.compile(r"\\[A-Za-z\[\]()]|\$|\^|_\{")
+# Display math, never across a blank line (an unclosed ``\begin{align*}`` must not swallow what follows).
+_IN_PARAGRAPH = r"(?:(?!\n[ \t]*\n).)*?"
+_DISPLAY = re.compile(rf"\\\[{_IN_PARAGRAPH}\\\]|\$\${_IN_PARAGRAPH}\$\$|\\begin\{{(\w+\*?)\}}{_IN_PARAGRAPH}\\end\{{\1\}}",
+                      re.DOTALL)
+_LIST_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*+])\s")
+
+
+def _blank_display_math(text: str) -> str:
+    """``text`` with display-math blocks replaced by as many blank lines (line numbers kept)."""
+    return _DISPLAY.sub(lambda m: "\n" * m.group().count("\n"), text) if ("\\[" in text or "$$" in text
+                                                                            or "\\begin" in text) else text
+
+
+def _follows_list_item(text: str, start: int) -> bool:
+    """Whether the last non-blank, non-indented line before ``start`` is a Markdown list item."""
+    for line in reversed(text[:start].split("\n")):
+        if line.strip() and not line.startswith(("    ", "\t")):
+            return bool(_LIST_ITEM.match(line))
+    return False
+
+
+def is_code_block(block: str, in_list: bool) -> bool:
+    """The rule for one indented block (see the module docstring)."""
+    lines = [ln for ln in block.splitlines() if ln.strip() and not _LATEX.search(ln)]
+    lines = [_LIST_ITEM.sub("", ln, count=1) if _LIST_ITEM.match(ln) else ln for ln in lines]
+    if any(_STATEMENT.match(ln) for ln in lines):
+        return True
+    return not in_list and sum(1 for ln in lines if ln.count("=") == 1 and _ASSIGNMENT.match(ln)) >= 2
 
 
 class CodeBlockRule(Rule):
@@ -48,7 +91,8 @@ class CodeBlockRule(Rule):
             if _FENCE.search(text):
                 return "fenced code block"
         if "    " in text or "\t" in text:
+            text = _blank_display_math(text)
             for m in self._indented_block.finditer(text):
-                if any(_CODEISH.match(line) for line in m.group().splitlines()):
+                if is_code_block(m.group(), _follows_list_item(text, m.start())):
                     return f"indented code block ({m.group().count(chr(10)) or 1} lines)"
         return None

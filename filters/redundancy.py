@@ -2,7 +2,11 @@
 
 R1 traces legitimately repeat short moves ("Wait,", "Let me double-check.") and tabulate values on
 many short, similar lines, so every measure here ignores short units and is a *fraction* with a
-threshold, never "any repeat". Measured on the reasoning + answer text:
+threshold, never "any repeat". The answer section is R1's summary of the reasoning and often
+restates the problem, so the repeat measures count a unit as repeated only when an earlier copy is
+in the *same* part (reasoning, or answer), and the prompt's own lines (>= 30 characters) are taken
+out of both parts first: "**Problem:** <the problem>" in the answer is not redundancy, a paragraph
+pasted back inside the reasoning still is. Loops and compression are measured as before:
 
 * ``dup_ngram_frac``: share of word ``ngram_n``-gram positions (n = 10) whose n-gram occurs more
   than once (computed with a vectorised rolling hash over word hashes). Long verbatim copies and loops push it up; a 10-gram spans more than one short
@@ -17,7 +21,9 @@ threshold, never "any repeat". Measured on the reasoning + answer text:
   trace is ~0.2; in a 60-paragraph R1 trace a single restated paragraph is ~0.02.
 * ``repeated_sentence_frac``: share of sentences of >= ``min_sentence_chars`` (30 normalised
   characters, about 6 words) that are (normalised) repeats of an earlier one. Threshold 0.30
-  (short "Wait, let me check." sentences are below the floor and never count).
+  (short "Wait, let me check." sentences are below the floor and never count); one repeated
+  sentence alone never counts (a short trace that re-quotes its one key sentence while
+  double-checking is 1 of 2-3 sentences, far above 0.30, and not degenerate).
 * ``tail_loop``: the last ``loop_window`` (600) characters of the reasoning or of the answer are
   periodic with a period <= ``max_loop_period`` (200) chars, i.e. >= 3 back-to-back copies of the
   same text: the classic degenerate-decoding loop.
@@ -36,7 +42,7 @@ from pipeline.config import Fraction, NonNegativeInt, PositiveInt, Section
 
 from filters.base import Parsed, Rule
 
-__all__ = ["RedundancyConfig", "RedundancyRule", "measure"]
+__all__ = ["RedundancyConfig", "RedundancyRule", "measure", "without_prompt"]
 
 
 class RedundancyConfig(Section):
@@ -67,30 +73,37 @@ def normalized_units(text: str, sentences: bool) -> list[bytes]:
     return low.encode("utf-8", "replace").translate(None, _DROP).split(b"\n")
 
 
-def repeated_frac(units: list[bytes], min_chars: int, by_chars: bool) -> float:
-    """Share (by characters or by count) of units of >= ``min_chars`` that repeat an earlier unit."""
-    seen: set[bytes] = set()
-    total = rep = 0
-    for u in units:
-        n = len(u)
-        if n < min_chars:
-            continue
-        w = n if by_chars else 1
-        total += w
-        if u in seen:
-            rep += w
-        else:
-            seen.add(u)
-    return rep / total if total else 0.0
+def repeated_frac(units: list[bytes] | list[list[bytes]], min_chars: int, by_chars: bool, min_repeats: int = 1) -> float:
+    """Share (by characters or by count) of units of >= ``min_chars`` that repeat an earlier unit.
+
+    Given a list of parts (lists of units), a unit only counts as a repeat of an earlier unit of
+    its own part; the share is over all parts. Fewer than ``min_repeats`` repeats give 0.
+    """
+    parts = units if units and isinstance(units[0], list) else [units]
+    total = rep = n_rep = 0
+    for part in parts:
+        seen: set[bytes] = set()
+        for u in part:
+            n = len(u)
+            if n < min_chars:
+                continue
+            w = n if by_chars else 1
+            total += w
+            if u in seen:
+                rep += w
+                n_rep += 1
+            else:
+                seen.add(u)
+    return rep / total if total and n_rep >= min_repeats else 0.0
 
 
-def dup_ngram_frac(words: list[str], n: int) -> float:
-    """Share of word n-gram positions whose n-gram occurs more than once (rolling hash, numpy)."""
+def _dup_ngram_counts(words: list[str], n: int) -> tuple[int, int]:
+    """``(positions whose word n-gram occurs more than once, n-gram positions)`` (rolling hash, numpy)."""
     import numpy as np
 
     total = len(words) - n + 1
     if total < 2:
-        return 0.0
+        return 0, max(total, 0)
     h = np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
     acc = np.zeros(total, dtype=np.uint64)
     mult = np.uint64(1099511628211)
@@ -99,8 +112,27 @@ def dup_ngram_frac(words: list[str], n: int) -> float:
             acc = acc * mult + h[j:j + total]
     _, counts = np.unique(acc, return_counts=True)
     if len(counts) == total:
-        return 0.0
-    return float(counts[counts > 1].sum()) / total
+        return 0, total
+    return int(counts[counts > 1].sum()), total
+
+
+def dup_ngram_frac(words: list[str] | list[list[str]], n: int) -> float:
+    """Share of word n-gram positions whose n-gram occurs more than once (within its own part)."""
+    parts = words if words and isinstance(words[0], list) else [words]
+    dup = total = 0
+    for part in parts:
+        d, t = _dup_ngram_counts(part, n)
+        dup, total = dup + d, total + t
+    return dup / total if total else 0.0
+
+
+def without_prompt(text: str, prompt: str, min_chars: int = 30) -> str:
+    """``text`` without the first copy of each prompt line of >= ``min_chars`` characters (a restated problem)."""
+    for line in prompt.split("\n"):
+        line = line.strip()
+        if len(line) >= min_chars and line in text:
+            text = text.replace(line, " ", 1)
+    return text
 
 
 def tail_period(text: str, window: int, max_period: int) -> int | None:
@@ -145,13 +177,14 @@ class RedundancyRule(Rule):
             ratio = compression_ratio(text)
             if ratio < c.min_compression_ratio and len(text.encode("utf-8", "replace")) >= c.min_bytes_for_compression:
                 return f"compression ratio {ratio:.3f} < {c.min_compression_ratio}"
-        f = repeated_frac(normalized_units(text, False), c.min_line_chars, by_chars=True)
+        parts = [without_prompt(t, p.prompt) for t in (p.reasoning_text, p.answer)]
+        f = repeated_frac([normalized_units(t, False) for t in parts], c.min_line_chars, by_chars=True)
         if f > c.max_repeated_line_frac:
             return f"repeated paragraph share {f:.2f} > {c.max_repeated_line_frac}"
-        f = repeated_frac(normalized_units(text, True), c.min_sentence_chars, by_chars=False)
+        f = repeated_frac([normalized_units(t, True) for t in parts], c.min_sentence_chars, by_chars=False, min_repeats=2)
         if f > c.max_repeated_sentence_frac:
             return f"repeated sentence share {f:.2f} > {c.max_repeated_sentence_frac}"
-        f = dup_ngram_frac(text.split(), c.ngram_n)
+        f = dup_ngram_frac([t.split() for t in parts], c.ngram_n)
         if f > c.max_dup_ngram_frac:
             return f"duplicated {c.ngram_n}-gram share {f:.2f} > {c.max_dup_ngram_frac}"
         return None

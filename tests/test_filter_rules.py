@@ -234,3 +234,56 @@ def test_no_input_string_crashes_a_rule(prompt, response, domain, answer, finish
         if rule.applies(p):
             out = rule.check(p)
             assert out is None or isinstance(out, str)
+
+
+# --------------------------------------------------------------------------- issue 14: false rejects and a missed switch
+def test_code_block_near_miss_equations_in_a_markdown_list(worker):
+    answer = ("To solve it:\n\n1. **Halve the total**:\n    \\[\n    R = \\frac{54}{2} = 27\n    \\]\n"
+              "    x = 5\n    y = 27 - 5\n    z = 22\n2. **Add**: the sum is 16.\n\n" + EN_FINAL)
+    assert reasons(worker, record(final=answer)) == set()
+
+
+def test_code_block_near_miss_indented_equations_with_one_letter_names(worker):
+    eqs = "So we have:\n\n    a = 1\n    b = 3\n    c = a + b = 4\n    d = 16"
+    assert reasons(worker, record(reasoning=EN_REASONING + "\n\n" + eqs)) == set()
+
+
+def test_code_block_statement_in_a_list_item_is_still_code(worker):
+    code = "1. Check by program:\n    total = 0\n    for k in range(4):\n        total += 2 * k + 1"
+    assert reasons(worker, record(reasoning=EN_REASONING + "\n\n" + code)) == {"code_block"}
+    plain = "Quick check:\n\n    total = 0\n    count = 4\n    result = total + count"
+    assert reasons(worker, record(reasoning=EN_REASONING + "\n\n" + plain)) == {"code_block"}
+
+
+def test_redundancy_near_miss_answer_restates_the_problem(worker):
+    # R1's answer section: the problem on its own line, then a summary that reuses the reasoning's steps.
+    reasoning = f"Okay, so I need to solve this.\n\n{EN_PROMPT}\n\n{EN_REASONING}"
+    steps = EN_REASONING.split("\n\n")
+    final = f"**Problem:**\n\n{EN_PROMPT}\n\n**Solution:**\n\n{steps[0]}\n\n{steps[1]}\n\n{EN_FINAL}"
+    assert reasons(worker, record(reasoning=reasoning, final=final)) == set()
+
+
+def test_redundancy_paragraph_pasted_back_inside_the_reasoning_is_still_caught(worker):
+    para = "Adding them in order gives $1 + 3 = 4$, then $4 + 5 = 9$, and finally $9 + 7 = 16$."
+    reasoning = f"Okay, so I need to solve this: {EN_PROMPT}\n\n{EN_REASONING}\n\n{para}\n\n{para}"
+    assert reasons(worker, record(reasoning=reasoning)) == {"redundancy"}
+
+
+@pytest.mark.parametrize("tail", ["所以答案是", "Итак, ответ", "答案は", "Значит"])
+def test_mixed_language_switch_into_another_script_at_the_end(worker, tail):
+    assert reasons(worker, record(reasoning=EN_REASONING + "\n\n" + tail)) == {"mixed_language"}
+    assert reasons(worker, record(final=EN_FINAL + " " + tail)) == {"mixed_language"}
+
+
+def test_mixed_language_near_miss_quoted_term_at_the_end_of_a_sentence_and_chinese_trace(worker):
+    quoted = EN_REASONING + " This is the 勾股定理 pattern again, nothing more."
+    assert reasons(worker, record(reasoning=quoted)) == set()
+    zh = ("前四个正奇数是 $1, 3, 5, 7$。依次相加得到 $16$，用 AM-GM 不等式也可以检查。\n\n"
+          "再用公式验证：前 $n$ 个奇数的和等于 $n^2$，当 $n = 4$ 时为 $16$。两种方法一致。")
+    assert reasons(worker, record(reasoning=zh, final="所以答案是 $\\boxed{16}$。", prompt=ZH_PROMPT)) == set()
+
+
+def test_mixed_language_sentence_between_two_dollar_amounts_is_caught(worker):
+    reasoning = ("Stock A was worth $300*2 = $600 after a year.\n\n我们再仔细检查一下这个结果是否正确，确认每一步都没有错误。\n\n"
+                 "Stock B was worth $300/2 = $150, so the total is $750.\n\n" + EN_REASONING)
+    assert reasons(worker, record(reasoning=reasoning)) == {"mixed_language"}
