@@ -1,11 +1,14 @@
 """The one table of filter rules, in run order. Everything else derives from it.
 
-``RULES`` lists every rule class in the order the runner applies them: cheap structural checks
-first, the per-record content rules next, the corpus rules (dedup) last, since they judge a
-record only after it passed every per-record rule. From this table come:
+``RULES`` lists every rule class in the order the runner applies them, in three kinds (see
+:mod:`filters.base`): per-record rules (:class:`Rule`, in the worker processes; cheap structural
+checks first), then batch rules (:class:`BatchRule`, many records at once in the main process: the
+LLM judge), then corpus rules (:class:`CorpusRule`, dedup), which judge a record only after it
+passed every other rule. From this table come:
 
 * the config: one ``<rule.key>:`` section per rule in :class:`filters.config.FilterConfig`;
-* the runner: the per-record rules built in the workers, the corpus rules in the main process;
+* the runner: the per-record rules built in the workers, the batch and corpus rules in the main
+  process;
 * the report: the reason codes in order (``reject_reasons``, the funnel), each rule's extra
   report fields (``note_summary``, ``note_line``);
 * the enable switches (``enabled_reasons``) and the demo's style rules (``style = True``).
@@ -45,8 +48,8 @@ from filters.paragraphs import ParagraphRule
 from filters.redundancy import RedundancyRule
 from filters.truncation import TruncationRule
 
-__all__ = ["RULES", "record_rules", "batch_rules", "corpus_rules", "reason_order", "enabled_reasons", "rule_of", "style_keys",
-           "style_reasons"]
+__all__ = ["RULES", "record_rules", "batch_rules", "corpus_rules", "reason_order", "enabled_reasons", "rule_of",
+           "style_keys", "style_reasons"]
 
 #             class              key            reason code(s)
 RULES: tuple[type[BaseRule], ...] = (
@@ -65,17 +68,22 @@ RULES: tuple[type[BaseRule], ...] = (
 )
 
 
+_KINDS = (Rule, BatchRule, CorpusRule)  # the order the runner applies them in
+
+
 def _check_table() -> None:
-    keys, reasons, corpus_seen = set(), set(), False
+    keys: set[str] = set()
+    reasons: set[str] = set()
+    kind = 0
     for cls in RULES:
         if not cls.key or not cls.reasons or cls.Config is None:
             raise TypeError(f"{cls.__name__}: a rule declares key, reason(s) and Config")
         if cls.key in keys or reasons & set(cls.reasons):
             raise TypeError(f"{cls.__name__}: key {cls.key!r} or a reason code of {cls.reasons} is taken")
-        if issubclass(cls, CorpusRule):
-            corpus_seen = True
-        elif corpus_seen:
-            raise TypeError(f"{cls.__name__}: per-record rules run before the corpus rules")
+        mine = next((i for i, k in enumerate(_KINDS) if issubclass(cls, k)), None)
+        if mine is None or mine < kind:
+            raise TypeError(f"{cls.__name__}: the table lists per-record, then batch, then corpus rules")
+        kind = mine
         keys.add(cls.key)
         reasons.update(cls.reasons)
 

@@ -43,7 +43,8 @@ from filters.decontam import benchmark_sources
 from filters.registry import batch_rules, corpus_rules, enabled_reasons, reason_order, record_rules
 from filters.report import Tally, write_reports
 
-__all__ = ["build_rules", "build_corpus_rules", "process_line", "run_filter", "OUTPUT_FILES", "BadLine", "Verdict"]
+__all__ = ["build_rules", "build_batch_rules", "build_corpus_rules", "process_line", "run_filter", "OUTPUT_FILES",
+           "BadLine", "Verdict"]
 
 log = logging.getLogger(__name__)
 OUTPUT_FILES = ("kept.jsonl", "rejected.jsonl", "bad_lines.jsonl")
@@ -341,8 +342,8 @@ class _Run:
 
     def __init__(self, cfg: FilterConfig, files: list[Path], out: Path, fp: str, state: dict[str, Any] | None):
         if state is None:
-            state = {"version": CHECKPOINT_VERSION, "fingerprint": fp, "position": 0, "sizes": None, "tally": Tally(enabled_reasons(cfg)),
-                     "corpus": build_corpus_rules(cfg), "kept": 0, "seconds": 0.0}
+            state = {"version": CHECKPOINT_VERSION, "fingerprint": fp, "position": 0, "sizes": None,
+                     "tally": Tally(enabled_reasons(cfg)), "corpus": build_corpus_rules(cfg), "kept": 0, "seconds": 0.0}
             log.info("filter: %d input file(s) -> %s", len(files), out)
         else:
             log.info("filter: resuming %s after %d records", out, state["position"])
@@ -388,7 +389,6 @@ class _Run:
                     v.failed[rule.reason] = detail
 
     def record(self, raw: bytes, v: Verdict) -> None:
-
         """Apply the corpus rules to a record that passed the per-record rules; write and count it."""
         checked, failed = v.checked, v.failed
         if not failed and self.corpus:

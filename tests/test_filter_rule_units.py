@@ -138,9 +138,11 @@ def test_table_declares_one_name_per_rule():
 def test_enabled_reasons_follow_the_switches():
     from filters.config import FilterConfig
 
+    default = enabled_reasons(FilterConfig())
+    assert {"mixed_language", "near_duplicate"} <= set(default) and default[0] == "format"
     cfg = FilterConfig(language={"enabled": False}, dedup={"near": False})
-    assert enabled_reasons(cfg) == ["format", "truncated", "length", "redundancy", "long_paragraph", "code_block",
-                                    "wrong_answer", "failed_tests", "contaminated", "duplicate"]
+    assert enabled_reasons(cfg) == [r for r in default if r not in ("mixed_language", "near_duplicate")]
+    assert enabled_reasons(FilterConfig(dedup={"enabled": False}))[-1] not in DedupRule.reasons
 
 
 @pytest.mark.parametrize("cls", RULES, ids=lambda c: c.key)
@@ -148,3 +150,14 @@ def test_every_rule_has_a_docstring_module(cls):
     import importlib
 
     assert importlib.import_module(cls.__module__).__doc__.strip()
+
+
+def test_the_table_refuses_a_misordered_or_duplicate_rule(monkeypatch):
+    import filters.registry as registry
+
+    monkeypatch.setattr(registry, "RULES", (DedupRule, FormatRule))  # a corpus rule before a per-record one
+    with pytest.raises(TypeError, match="per-record, then batch, then corpus"):
+        registry._check_table()
+    monkeypatch.setattr(registry, "RULES", (FormatRule, FormatRule))
+    with pytest.raises(TypeError, match="is taken"):
+        registry._check_table()
