@@ -1,7 +1,7 @@
 """Filter calibration: false rejects on clean realistic traces, catch rate on faulty ones, per rule.
 
     python benchmarks/filter_calibration.py                     # every clean trace, 400 per fault
-    python benchmarks/filter_calibration.py --faulty-n 100 --json out.json
+    python benchmarks/filter_calibration.py --faulty-n 100 --json out.json   # + out.png
 
 Clean traces (the largest realistic set that can be built here, all from real public solutions):
 
@@ -222,6 +222,13 @@ def main() -> None:
             "clean": len(clean), "by_source": dict(by_source), "false_reject_any": any_fr / len(clean),
             "false_reject_per_rule": {k: v / len(clean) for k, v in fr.items()}, "catch_rate": caught,
             "examples": {k: v[:20] for k, v in examples.items()}}, indent=2) + "\n")
+        from pipeline.plots import barh
+
+        png = barh([f"{f} ({r})" for f, r in FAULTS.items()], [100 * caught[f] for f in FAULTS],
+                   Path(args.json).with_suffix(".png"), f"Faults caught by their rule\nclean traces falsely "
+                   f"rejected: {any_fr / len(clean):.2%} of {len(clean):,}", "% of faulty traces caught",
+                   annotate=[f"{100 * caught[f]:.1f}%" for f in FAULTS])
+        print(f"wrote {args.json} and {png}")
 
 
 if __name__ == "__main__":
