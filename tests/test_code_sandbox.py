@@ -177,3 +177,14 @@ def test_unstartable_sandbox_is_a_sandbox_error(tmp_path):
     sb = Sandbox(SandboxConfig(isolation="none", python=str(tmp_path / "no-such-python")))
     out = sb.run(_job("x = 1"))
     assert out.status == "sandbox_error"
+
+
+def test_closing_one_sandbox_leaves_another_working():
+    first, second = Sandbox(SandboxConfig(timeout_s=5)), Sandbox(SandboxConfig(timeout_s=5))
+    first.close()
+    del first
+    import gc
+
+    gc.collect()
+    assert second.run(_job("x = 1", ["assert x == 1"])).ok
+    second.close()

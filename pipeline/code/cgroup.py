@@ -31,9 +31,9 @@ class PidsCgroups:
             if root == Path("/sys/fs/cgroup") and "pids" not in _read(root / "cgroup.controllers"):
                 continue
             _sweep_stale(root)
-            base = root / f"distill-sandbox-{os.getpid()}"
+            base = root / f"distill-sandbox-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # one per instance
             try:
-                base.mkdir(exist_ok=True)
+                base.mkdir()
                 if root == Path("/sys/fs/cgroup"):
                     (base / "cgroup.subtree_control").write_text("+pids")
                 probe = self._make(base)
@@ -96,9 +96,9 @@ class PidsCgroups:
 
 
 def _sweep_stale(root: Path) -> None:
-    """Remove what a killed pipeline process left: ``distill-sandbox-<pid>`` of processes now gone."""
+    """Remove what a killed pipeline process left: ``distill-sandbox-<pid>-*`` of processes now gone."""
     for parent in root.glob("distill-sandbox-*"):
-        pid = parent.name.rsplit("-", 1)[-1]
+        pid = parent.name.split("-")[2]
         if not pid.isdigit() or Path(f"/proc/{pid}").exists():
             continue
         for child in parent.iterdir():
