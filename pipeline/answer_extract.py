@@ -40,15 +40,19 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 def _box_spans(text: str) -> list[tuple[int, int, str]]:
     """``(start, end, content)`` of every ``\\boxed{}`` with balanced braces, in order."""
-    spans = []
+    spans: list[tuple[int, int, str]] = []
+    outer_end = -1  # a box starting before the end of the previous outer box is nested in it
     for m in _BOX_RE.finditer(text):
+        if m.start() < outer_end:
+            continue
         depth, i = 1, m.end()
         while i < len(text) and depth:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
         if depth == 0:
             spans.append((m.start(), i, text[m.end():i - 1].strip()))
-    return [s for i, s in enumerate(spans) if not any(o[0] < s[0] and s[1] <= o[1] for o in spans[:i])]
+            outer_end = i
+    return spans
 
 
 def box_runs(text: str) -> list[tuple[int, int, list[str]]]:

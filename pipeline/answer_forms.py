@@ -60,9 +60,11 @@ def light_form(ans: str) -> str:
     return s
 
 
-def normalize_answer(ans: str) -> str:
-    """A conservative normal form: equal normal forms mean equal answers (never the converse)."""
-    s = re.sub(r"\s+", "", light_form(ans)).rstrip(".")
+def normalize_answer(ans: str, light: str | None = None) -> str:
+    """A conservative normal form: equal normal forms mean equal answers (never the converse).
+
+    ``light`` is ``light_form(ans)`` when the caller has it already."""
+    s = re.sub(r"\s+", "", light if light is not None else light_form(ans)).rstrip(".")
     if re.fullmatch(r"-?\d+\.\d*?0+", s):  # 2.50 -> 2.5, 3.0 -> 3
         s = s.rstrip("0").rstrip(".")
     return s

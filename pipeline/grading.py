@@ -132,7 +132,7 @@ def _sympy_identity(a, b) -> bool:
 def _equal(reference: str, answer: str, timeout_s: float) -> bool:
     """One equality decision: normal form, numbers/clock/units, then math-verify (may raise)."""
     la, lb = light_form(reference), light_form(answer)
-    na, nb = normalize_answer(reference), normalize_answer(answer)
+    na, nb = normalize_answer(reference, la), normalize_answer(answer, lb)
     if na == nb:
         return True
     if _INT_RE.fullmatch(na) and _INT_RE.fullmatch(nb):
