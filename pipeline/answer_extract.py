@@ -11,7 +11,8 @@ The rule, in order (only the text after ``</think>`` is read when there is one):
 2. **A final-answer statement after the last box wins over it**: "Final Answer: The final answer
    is $X$." written after the boxes (models trained on Minerva-style prompts box intermediate
    values and state the answer last). Only statements naming the *final* answer count here, and
-   only when they hold a number or math: "the answer is consistent with ..." never overrides a box.
+   only when what they state is a bare math answer: "the final answer is consistent with ..." or
+   "... is 12 because 3 x 4 = 12" never overrides a box.
 3. **No box**: the last statement "final answer is X", "the answer is X", "Final Answer: ...",
    "Answer $X$" / "Answer \\[X\\]" or GSM8K's "#### X". Inside "Final Answer: The final answer is
    X" the innermost marker is used. A sentence such as "The volume of $V$ is 120" keeps what follows
@@ -116,8 +117,10 @@ def _last_statement(text: str, final_only: bool = False) -> tuple[int, str] | No
     return (last.start(), ans) if ans else None
 
 
-def _answer_like(ans: str) -> bool:
-    return bool(re.search(r"\d|\\|\$|[=<>]", ans)) or len(ans.split()) <= 3
+def _bare_answer(ans: str) -> bool:
+    """A math answer, not a sentence: no word of 3+ letters outside LaTeX commands and ``\\text{}``."""
+    math_only = re.sub(r"\\[A-Za-z]+(?:\s*\{[^{}]*\})?", " ", ans)
+    return not re.search(r"[A-Za-z]{3,}", math_only)
 
 
 def extract_answer(text: str) -> str | None:
@@ -127,7 +130,7 @@ def extract_answer(text: str) -> str | None:
     runs = box_runs(text)
     if runs:
         stated = _last_statement(text[runs[-1][1]:], final_only=True)
-        if stated and _answer_like(stated[1]):
+        if stated and _bare_answer(stated[1]):
             return stated[1]
         return extract_boxed(text)
     boxed = extract_boxed(text)

@@ -187,6 +187,8 @@ def test_final_answer_statement_after_intermediate_boxes_wins():
 def test_near_miss_a_later_sentence_about_the_answer_does_not_override_the_box():
     text = f"{THINK}So $\\boxed{{42}}$. The answer is consistent with the constraints above."
     assert extract_answer(text) == "42"
+    text = f"{THINK}So $\\boxed{{12}}$. The final answer is 12 because $3 \\times 4 = 12$."
+    assert extract_answer(text) == "12"  # a sentence after the box does not replace it
     text = f"{THINK}**Final Answer:** $\\boxed{{7}}$"  # the statement introduces the box: the box is the answer
     assert extract_answer(text) == "7"
 
