@@ -34,7 +34,7 @@ def _cli(*args: str) -> list[str]:
 # --------------------------------------------------------------------------- defect 4: one writer per output
 
 def test_second_concurrent_run_on_one_output_is_refused(tmp_path):
-    recs = corpus(12) * 150  # ~2,700 records: several seconds of work, so the first run is mid-run below
+    recs = corpus(12) * 40  # ~700 records: a second or more of work after the lock, so the first run is mid-run below
     inp = write(tmp_path / "gen.jsonl", recs)
     out = tmp_path / "out"
     args = ["--inputs", str(inp), "--output", str(out), "--workers", "1", "--set", "decontam.enabled=false"]
