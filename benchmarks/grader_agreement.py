@@ -4,7 +4,7 @@
     python benchmarks/grader_agreement.py --json out.json
 
 Cases: ``tests/data/grader_cases.jsonl`` (Math-Verify, MARIO_EVAL, the MATH authors' ``is_equiv``
-tests, NeMo-Skills; each cites repository, commit and line or test parameter); the cases left out and
+tests, NeMo-Skills, lighteval; each cites repository, commit and line or test parameter); the cases left out and
 why: ``tests/data/grader_cases_skipped.md``. Also prints the agreement per source suite, grading
 time per case, and checks that ``equivalent`` (cons@k) is symmetric on every bare-answer pair.
 """

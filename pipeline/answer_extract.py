@@ -33,7 +33,7 @@ _BARE_BOX_RE = re.compile(r"\\boxed\s+([^\s${}]+)")
 # spacing commands and a variable name being assigned (``x =``, ``y_1 =``).
 _CONNECTOR = re.compile(r"(?:\s|\$|\\[()\[\]]|[,;&]|\\\\|\\[,;:! ]|\\q?quad|\\text\s*\{\s*(?:and|or|,)?\s*\}|\band\b|\bor\b"
                         r"|[A-Za-z](?:_\{?\w+\}?)?\s*=)*", re.IGNORECASE)
-_MARKER = re.compile(r"(final answer|the answer)\s*(?:is|:|=)\s*:?|\banswer\s*:?\s*(?=\\\[|\$|\\\()|####", re.IGNORECASE)
+_MARKER = re.compile(r"(final answer|(?:the\s+)?answer)\s*(?:is|:|=)\s*:?|\banswer\s*:?\s*(?=\\\[|\$|\\\()|####", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"\.\s|\.$|\n|<\|", re.MULTILINE)
 _MATH_SPAN = re.compile(r"^\s*(?:\$\$(.+?)\$\$|\$(.+?)(?<!\\)\$|\\\[(.+?)\\\]|\\\((.+?)\\\))", re.DOTALL)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")

@@ -17,7 +17,7 @@ TARGET = 0.97
 def test_agreement_with_public_grader_suites(capsys):
     cases = load_cases(CASES)
     assert len(cases) >= 200
-    assert len({c.source.split("@")[0] for c in cases}) >= 4  # Math-Verify, MARIO_EVAL, MATH, NeMo-Skills
+    assert len({c.source.split("@")[0] for c in cases}) >= 5  # Math-Verify, MARIO_EVAL, MATH, NeMo-Skills, lighteval
     rate, wrong = agreement(cases)
     with capsys.disabled():
         print(f"\ngrader agreement with public suites: {rate:.1%} ({len(cases) - len(wrong)}/{len(cases)} cases)")
