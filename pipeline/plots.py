@@ -7,10 +7,11 @@ run: an error is logged and the function returns ``None``.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["histogram", "barh", "bars_with_intervals", "lines"]
+__all__ = ["histogram", "barh", "bars_with_intervals", "interval_figure", "lines", "shorten"]
 
 log = logging.getLogger(__name__)
 
@@ -72,26 +73,76 @@ def barh(labels: Sequence[str], values: Sequence[float], path: str | Path, title
         return None
 
 
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut in the middle with an ellipsis to at most ``limit`` characters (keeps both ends:
+    an org prefix and a checkpoint suffix both tell models apart)."""
+    if len(text) <= limit:
+        return text
+    keep = limit - 1
+    return text[: keep - keep // 2] + "\u2026" + text[len(text) - keep // 2:]
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width=width, break_long_words=True, break_on_hyphens=False)) or text
+
+
+BAR_IN = 0.32  # inches per bar: room for a value label rotated upright above its interval
+
+
+def interval_figure(groups: Sequence[str], series: dict[str, Sequence[tuple[float, float, float]]], title: str,
+                    ylabel: str):
+    """The figure of :func:`bars_with_intervals` (returned, not saved, so tests can measure its labels).
+
+    Readable at any size: bars keep a fixed width (the figure grows, up to 18 in, then bars thin);
+    each value sits above its interval, upright when the bar is narrow; group names wrap; long series
+    names are shortened in the middle and the legend sits below the axes, never on the bars.
+    """
+    plt = _plt()
+    n_series = max(1, len(series))
+    width_in = min(18.0, max(6.0, 1.2 + len(groups) * (n_series * BAR_IN + 0.35)))
+    fig, ax = plt.subplots(figsize=(width_in, 4.8))
+    slot = 0.8 / n_series
+    bar_in = (width_in - 1.2) / max(1, len(groups)) * slot
+    upright = bar_in < 0.45
+    top = 0.0
+    for j, (name, vals) in enumerate(series.items()):
+        xs = [i + (j - (n_series - 1) / 2) * slot for i in range(len(groups))]
+        ys = [v[0] for v in vals]
+        err = [[v[0] - v[1] for v in vals], [v[2] - v[0] for v in vals]]
+        ax.bar(xs, ys, width=slot * 0.92, yerr=err, capsize=2, label=shorten(name, 48), error_kw={"linewidth": 0.8})
+        for x, v in zip(xs, vals):
+            if any(math.isnan(t) for t in v):  # no number (e.g. the paper did not report this set): no label
+                continue
+            ax.annotate(f"{v[0]:.1f}", (x, max(v)), xytext=(0, 2), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=7, rotation=90 if upright else 0)
+            top = max(top, max(v))
+    wrap_at = max(8, int((width_in - 1.2) / max(1, len(groups)) * 11))
+    ax.set_xticks(range(len(groups)), [_wrap(str(g), wrap_at) for g in groups], fontsize=8)
+    ax.set_ylim(0, max(1.0, top) * (1.22 if upright else 1.12))
+    if 50 < top <= 100:  # percentages: the headroom above 100 holds labels, not values
+        ax.set_yticks([t for t in range(0, 101, 20)])
+    ax.set_ylabel(ylabel)
+    ax.set_title(_wrap(shorten(title, 140), max(40, int(width_in * 11))), fontsize=10)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    if len(series) > 1:  # hung below the figure (after the layout), so it can cover neither bars nor group names
+        fig.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(series), 2),
+                   frameon=False)
+    return fig
+
+
 def bars_with_intervals(groups: Sequence[str], series: dict[str, Sequence[tuple[float, float, float]]],
                         path: str | Path, title: str, ylabel: str) -> Path | None:
     """Grouped bars with error bars: ``series[name][i] = (value, low, high)`` for ``groups[i]``."""
     try:
-        plt = _plt()
-        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) * max(1, len(series))), 4.5))
-        width = 0.8 / max(1, len(series))
-        for j, (name, vals) in enumerate(series.items()):
-            xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
-            ys = [v[0] for v in vals]
-            err = [[v[0] - v[1] for v in vals], [v[2] - v[0] for v in vals]]
-            ax.bar(xs, ys, width=width, yerr=err, capsize=3, label=name)
-            for x, y in zip(xs, ys):
-                ax.text(x, y, f"{y:.1f}", ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(range(len(groups)), list(groups))
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        if len(series) > 1:
-            ax.legend(fontsize=8)
-        return _save(fig, path)
+        fig = interval_figure(groups, series, title, ylabel)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")  # "tight": the legend below the axes is kept
+        _plt().close(fig)
+        return path
     except Exception as exc:
         log.warning("could not write %s: %s", path, exc)
         return None
