@@ -126,6 +126,10 @@ def bench_grading(args: argparse.Namespace) -> dict:
           f"in {synth_s:.1f}s: {dict(kinds)}")
     import math_verify  # noqa: F401  (import once in the parent so forked workers share it)
 
+    # Warm up (sympy's LaTeX grammar loads on the first parse, ~1-2 s): otherwise the first item that
+    # reaches math-verify can hit a 1 s timeout in the serial run only, and the two runs disagree.
+    grade("<think>.</think> \\boxed{2\\pi}", "\\frac{1}{2}", timeout_s=30)
+
     base = pairs[: args.baseline_n]
     t = time.perf_counter()
     serial = [grade(r, a, timeout_s=args.timeout) for r, a in base]
