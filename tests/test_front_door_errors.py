@@ -255,9 +255,15 @@ def test_bad_values_are_rejected_at_config_load(argv, key, capsys):
     one_error_line(capsys, f"{key}:")
 
 
-def test_empty_inputs_are_an_error_and_leave_no_empty_output(tmp_path, capsys):
+def test_empty_inputs_are_an_error_and_leave_no_empty_output(tmp_path, capsys, tiny_model_dir):
+    """One policy in every stage: an input without records is an error (exit 2, one line), never a
+    silent success, because it means an upstream step went wrong."""
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(f"model: {tiny_model_dir}\ndata: [{empty}]\noutput_dir: {tmp_path / 'run'}\nprogress: false\n")
+    assert main(["sft", "--config", str(cfg)]) == 2
+    one_error_line(capsys, "no usable samples")
     assert main(["eval", "score", "--input", str(empty), "--output", str(tmp_path / "sc")]) == 2
     one_error_line(capsys, f"{empty}: no responses to score")
     assert not (tmp_path / "sc" / "scored.jsonl").exists()
