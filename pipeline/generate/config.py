@@ -65,8 +65,8 @@ class TransformersConfig(Section):
     batch_size: int = Field(16, ge=1, description="prompts per generate() call")
     fast_decode: bool | None = Field(
         None, description="true: the project's batched sampler (preallocated KV cache, finished rows dropped) where the "
-                          "model allows it; false: model.generate (static KV cache on GPU); default: by device (the "
-                          "sampler on CPU, where it is 4x model.generate; static-cache generate on GPU)")
+                          "model allows it; false: model.generate; default: by device (the sampler on CPU, where it "
+                          "is 4x model.generate; model.generate on GPU, where it is 1.8x the sampler)")
 
 
 class GenerateConfig(StageConfig):

@@ -67,7 +67,9 @@ class TrainConfig(StageConfig):
     attn_implementation: str = Field(
         "auto", description="auto = flash_attention_2 (flash-attn installed, GPU), else varlen (torch's FlashAttention "
                             "varlen kernel, GPU), else sdpa; also: varlen, flex_attention, sdpa, eager")
-    liger: bool = Field(False, description="Liger Triton kernels for RMSNorm/RoPE/SwiGLU (CUDA, pip install liger-kernel)")
+    liger: bool | None = Field(None, description="Liger Triton kernels for RMSNorm/RoPE/SwiGLU: default on when CUDA "
+                                                 "and liger-kernel are present (pip install distill-r1[gpu]); true "
+                                                 "requires them; false: off")
     compile: bool = Field(False, description="torch.compile each decoder layer (first steps pay the compile)")
     save_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="dtype of the saved final weights: auto = the training precision (bf16 after bf16 training)")

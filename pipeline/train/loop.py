@@ -175,9 +175,9 @@ def load_student(cfg: TrainConfig, attn: str):
     except OSError as exc:
         raise ConfigError(f"model {cfg.model!r}: cannot load ({exc})") from None
     model.config.use_cache = False
-    if cfg.liger:
-        from pipeline.train.speedups import apply_liger
+    from pipeline.train.speedups import apply_liger, liger_wanted
 
+    if liger_wanted(cfg.liger):
         apply_liger(model)
     if cfg.compile:
         from pipeline.train.speedups import compile_layers

@@ -7,9 +7,10 @@ Rules:
 * Decoding, by device unless ``transformers.fast_decode`` says otherwise: on CPU
   :func:`pipeline.generate.backends.decode.sample_batch` (preallocated KV cache, finished rows
   dropped; 4x ``model.generate`` there) where :func:`~pipeline.generate.backends.decode.supports`
-  says the model allows it; on GPU ``model.generate`` with a static KV cache (there the
-  per-step Python of the sampler costs more than the kernels it saves; see
-  ``benchmarks/transformers_decode.py --device cuda``).
+  says the model allows it; on GPU ``model.generate`` (measured there at 1.8x the sampler, whose
+  per-step Python costs more than the kernels it saves). Not the static KV cache on GPU: it
+  compiles on first use, and a 32-prompt run of ``benchmarks/transformers_decode.py --device
+  cuda`` did not finish within 45 s on an H200.
 * A sample ends at the first EOS id of the model's generation config: ``finish_reason`` is
   ``stop`` then (the EOS counts as a completion token, as in vLLM), else ``length``.
 * ``max_tokens`` is clamped to the model's context (``max_position_embeddings``) minus the longest
@@ -75,7 +76,6 @@ class TransformersBackend:
         if fast_decode is None:
             fast_decode = not self.device.startswith("cuda")
         self.fast_decode = fast_decode and supports(self.model)
-        self.cache_implementation = "static" if self.device.startswith("cuda") else None
         self._clamp_logged = False
         self._torch = torch
 
@@ -120,8 +120,6 @@ class TransformersBackend:
             torch.manual_seed(seed)
             kwargs: dict[str, Any] = dict(max_new_tokens=max_new, pad_token_id=self.pad_id,
                                           eos_token_id=sorted(self.eos_ids), do_sample=not greedy)
-            if self.cache_implementation:
-                kwargs["cache_implementation"] = self.cache_implementation
             if not greedy:
                 kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
             with torch.inference_mode():
