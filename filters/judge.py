@@ -15,6 +15,8 @@ record in ``domains`` matches its reference ``answer``.
   judge's is recorded beside it: the report's ``agreement`` block (rule vs judge on the same
   records) is a free calibration of the judge. Put ``math`` in ``domains`` to get it.
 * The verdict and the judge's one-sentence rationale go to the record's ``meta.judge``.
+* The judge is asked one input chunk at a time (``chunk_size`` records, up to ``judge.concurrency``
+  requests in flight), in the main process, which is the only writer of the verdict cache.
 """
 
 from __future__ import annotations

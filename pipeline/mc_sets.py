@@ -21,15 +21,19 @@ prompt template (``prompts/science.txt``) then says how to answer (the letter in
 
 from __future__ import annotations
 
+import json
 import random
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline.choices import LETTERS, format_options, letter_of
 from pipeline.records import RecordError
 
-__all__ = ["MCQuestion", "GPQA_COLUMNS", "balanced_positions", "read_questions", "to_problem_text"]
+__all__ = ["MCQuestion", "GPQA_COLUMNS", "balanced_positions", "read_questions", "to_problem_text",
+           "write_prompt_file"]
 
 GPQA_COLUMNS = ("Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
 
@@ -134,3 +138,48 @@ def read_questions(rows: Iterable[tuple[str, int, dict[str, Any]]], layout: str 
         choices = tuple(r.options[j] for j in perm)
         out.append(MCQuestion(r.id, r.question, choices, LETTERS[perm.index(r.gold)], tuple(perm), r.line, r.extra))
     return out
+
+
+def write_prompt_file(questions: Iterable[MCQuestion], path: str | Path, domain: str = "science") -> int:
+    """A ``distill generate`` prompt file: ``id``, ``problem`` (question + options), ``answer`` (the
+    letter), ``domain``, and ``choices`` / ``permutation``, which generate keeps in each record's
+    ``meta`` so the filter grades the letter (and an option's text) against them."""
+    from pipeline.records import write_text_atomic
+
+    rows = [{"id": q.id, "problem": q.to_problem_text(), "answer": q.answer, "domain": domain,
+             "choices": list(q.choices), "permutation": list(q.permutation), **q.extra} for q in questions]
+    write_text_atomic(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return len(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.mc_sets --layout gpqa --input gpqa_main.csv --output prompts.jsonl``."""
+    import argparse
+
+    from pipeline.evaluate.benchmarks import BenchmarkSpec, _rows
+
+    ap = argparse.ArgumentParser(prog="python -m pipeline.mc_sets", description=main.__doc__)
+    ap.add_argument("--input", required=True, help="CSV/JSONL/JSON/Parquet file of questions")
+    ap.add_argument("--output", required=True, help="prompt file to write (JSONL)")
+    ap.add_argument("--layout", choices=["gpqa", "choices"], default="gpqa")
+    ap.add_argument("--question-column", default="question")
+    ap.add_argument("--choices-column", default="choices")
+    ap.add_argument("--answer-column", default="answer")
+    ap.add_argument("--id-column", default=None, help="default: Record ID for gpqa, else the row number")
+    ap.add_argument("--split", default=None, help="keep rows whose `split` column equals this (e.g. val)")
+    ap.add_argument("--no-shuffle", action="store_true", help="keep the source order of the options")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the balanced option shuffle")
+    ap.add_argument("--limit", type=int, default=None)
+    a = ap.parse_args(argv)
+    spec = BenchmarkSpec(name="mc", path=a.input, split=a.split or "test", split_column="split" if a.split else None)
+    qs = read_questions(_rows(spec), a.layout, question_column=a.question_column, choices_column=a.choices_column,
+                        answer_column=a.answer_column, shuffle=not a.no_shuffle, seed=a.seed, limit=a.limit,
+                        id_column=a.id_column or ("Record ID" if a.layout == "gpqa" else None))
+    n = write_prompt_file(qs, a.output)
+    print(f"{n} questions -> {a.output} (right letter: " + ", ".join(
+        f"{k} {v}" for k, v in sorted(Counter(q.answer for q in qs).items())) + ")")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

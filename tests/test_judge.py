@@ -273,6 +273,7 @@ def test_distill_eval_benchmark_graded_by_the_judge(tiny_model_dir, tmp_path, mo
         m = run(cfg)["benchmarks"]["open_sci"]
         assert 1 <= len(server.requests) <= 8
     assert m["samples"] == 8 and set(m["statuses"]) <= {"correct", "wrong"}
+    assert m["grader"]["judge"] == "tiny-judge"
     samples = read_jsonl(tmp_path / "eval" / "open_sci" / "samples.jsonl")
     assert all(s["judge"]["model"] == "tiny-judge" and s["judge"]["verdict"] == s["grade_status"] for s in samples)
     with pytest.raises(ValueError, match="judge.enabled"):

@@ -247,3 +247,30 @@ def test_distill_eval_on_mmlu_stem_with_the_tiny_model(tiny_model_dir, shared_da
     assert all(len(s["choices"]) == 4 and s["answer"] in "ABCD" for s in samples)
     # Near chance or below is expected from a random model; what matters is that every sample is graded.
     assert {s["grade_status"] for s in samples} <= {"unclosed_think", "no_answer", "wrong", "ambiguous", "correct"}
+
+
+def test_prompt_file_for_generate_carries_the_options_into_records(tiny_model_dir, tmp_path):
+    from pipeline.choices import choices_of
+    from pipeline.generate.config import GenerateConfig
+    from pipeline.generate.stage import run as generate
+    from pipeline.mc_sets import main
+
+    src = _gpqa_csv(tmp_path / "gpqa_main.csv", 8)
+    prompts = tmp_path / "prompts.jsonl"
+    assert main(["--layout", "gpqa", "--input", str(src), "--output", str(prompts), "--seed", "3"]) == 0
+    rows = read_jsonl(prompts)
+    assert sorted(Counter(r["answer"] for r in rows).values()) == [2, 2, 2, 2]
+    generate(GenerateConfig.model_validate(dict(
+        model=str(tiny_model_dir), backend="transformers", input={"path": str(prompts), "id_column": "id",
+                                                                  "domain_column": "domain"},
+        sampling={"n": 1, "max_tokens": 8}, output_dir=str(tmp_path / "gen"), progress=False,
+        transformers={"device": "cpu"})))
+    gen = {r["prompt_id"]: r for r in read_jsonl(tmp_path / "gen" / "shard-00000-of-00001.jsonl")}
+    for r in rows:
+        rec = gen[r["id"]]
+        assert rec["domain"] == "science" and rec["answer"] == r["answer"]
+        assert choices_of(rec) == r["choices"] and rec["meta"]["permutation"] == r["permutation"]
+        assert rec["messages"][0]["content"].endswith("put only the letter of the correct option in the box.")
+        # What the filter's wrong_answer rule then does with it:
+        answer = f"<think>\nok\n</think>\n\n\\boxed{{{r['answer']}}}"
+        assert grade(answer, rec["answer"], choices=choices_of(rec)).correct

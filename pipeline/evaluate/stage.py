@@ -323,6 +323,8 @@ def run_one(cfg: EvalConfig, model: str, label: str, revision: str | None, out: 
         timing["metrics_s"] += time.perf_counter() - t
         n_req = spec.n or cfg.sampling.n
         m.update({"n": n_req, "source": spec.path, "samples_file": str(samples_path)})
+        if spec.grader == "judge":
+            m["grader"] = {"judge": cfg.judge.model, "base_url": cfg.judge.base_url, "template": cfg.judge.template}
         if m["problems"] < len(probs) or m["n_min"] < n_req:
             log.warning("eval %s/%s: %d of %d problems have samples, the fewest %d of the %d asked for; "
                         "the numbers are partial (rerun to resume)", label, spec.name, m["problems"], len(probs),
