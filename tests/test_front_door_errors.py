@@ -141,9 +141,9 @@ def test_kd_tokenizer_mismatch_is_one_line(tmp_path, capsys, tiny_model_dir):
 # --------------------------------------------------------------------------- endpoints (defects 7 and 9)
 
 class _EchoingServer:
-    """Answers every request with HTTP 401 and an error body that echoes the Authorization header."""
+    """Answers every request with HTTP ``status`` and an error body that echoes the Authorization header."""
 
-    def __init__(self):
+    def __init__(self, status: int = 401):
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
@@ -151,7 +151,7 @@ class _EchoingServer:
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 body = json.dumps({"error": {"message": f"invalid key in header: {self.headers.get('Authorization')}"}})
-                self.send_response(401)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -180,6 +180,21 @@ def test_http_401_names_url_and_key_variable_and_never_the_key(tmp_path, capsys,
     assert secret not in line
     for f in tmp_path.rglob("*"):
         assert not f.is_file() or secret.encode() not in f.read_bytes(), f
+
+
+def test_key_echoed_in_retried_errors_is_redacted_in_logs_too(tmp_path, capsys, caplog, monkeypatch):
+    secret = "sk-front-door-" + uuid.uuid4().hex
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    server = _EchoingServer(status=503)
+    try:
+        argv = _openai_args(server.base_url, _prompts(tmp_path / "p.jsonl", 1), tmp_path / "gen")
+        assert main(argv + ["--set", "openai.max_retries=2", "--set", "openai.retry_backoff_s=0"]) == 2
+    finally:
+        server.httpd.shutdown()
+    line = one_error_line(capsys, "giving up after 3 attempts", "HTTP 503", "Bearer ***")
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 2 and all("Bearer ***" in m for m in retries)
+    assert secret not in line and not any(secret in r.getMessage() for r in caplog.records)
 
 
 def test_refused_connection_names_the_url(tmp_path, capsys):
