@@ -19,7 +19,6 @@ PACKAGES = ["filters"]
 KNOWN_PIPELINE_CYCLES = {
     frozenset({"pipeline.choices", "pipeline.grading"}),  # choices needs Grade/extract_boxed, grade() dispatches to it
     frozenset({"pipeline.evaluate.benchmarks", "pipeline.evaluate.code_sets"}),
-    frozenset({"pipeline.train.kd", "pipeline.train.kd_cache"}),  # teacher loading lives in the CLI module kd.py
 }
 
 

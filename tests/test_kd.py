@@ -77,7 +77,7 @@ def _first_batch(cfg):
 
 
 def test_fused_loss_equals_logits_path_and_gradients(tmp_path, tiny_model_dir, tiny_teacher_dir):
-    from pipeline.train.kd import load_teacher
+    from pipeline.train.models import load_teacher
 
     cfg = _cfg(tmp_path, tiny_model_dir, tiny_teacher_dir, kd_alpha=0.4, kd_temperature=2.0, kd_loss="jsd",
                kd_beta=0.3)
@@ -162,7 +162,7 @@ def test_cache_round_trips_and_trains(tmp_path, tiny_model_dir, tiny_teacher_dir
     acc, tok, corpus, batch, student = _first_batch(cfg)
     cache = TopKCache(cfg.teacher_cache)
     cache.validate(corpus, cfg.kd_temperature, vocab)
-    from pipeline.train.kd import load_teacher
+    from pipeline.train.models import load_teacher
 
     teacher, _ = load_teacher(cfg, torch.device("cpu"))
     live = KDLoss(cfg, acc, tok, corpus, teacher=teacher)(student, batch)

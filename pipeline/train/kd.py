@@ -32,8 +32,9 @@ from pydantic import Field, model_validator
 from pipeline.cliutil import add_stage_action, add_stage_parser, config_from_args
 from pipeline.config import ConfigError, Section
 from pipeline.train.config import TrainConfig
+from pipeline.train.models import load_teacher, teacher_hidden
 
-__all__ = ["KDConfig", "TopKCacheConfig", "run", "build_teacher_cache", "load_teacher", "teacher_hidden", "register"]
+__all__ = ["KDConfig", "TopKCacheConfig", "run", "build_teacher_cache", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -74,40 +75,6 @@ class KDConfig(TrainConfig):
         if not self.teacher and not self.teacher_cache:
             raise ValueError("set teacher (a model) or teacher_cache (a `distill kd cache` folder)")
         return self
-
-
-# --------------------------------------------------------------------------- teacher
-
-def _teacher_dtype(cfg: KDConfig, device):
-    import torch
-
-    if cfg.teacher_dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.teacher_dtype]
-
-
-def load_teacher(cfg: KDConfig, device) -> tuple[Any, Any]:
-    """The frozen teacher (eval, no grad) on ``device`` and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not cfg.teacher:
-        raise ConfigError("teacher: required here (no complete teacher_cache to train from)")
-    try:
-        tok = AutoTokenizer.from_pretrained(cfg.teacher)
-        model = AutoModelForCausalLM.from_pretrained(cfg.teacher, dtype=_teacher_dtype(cfg, device))
-    except OSError as exc:
-        raise ConfigError(f"teacher {cfg.teacher!r}: cannot load ({exc})") from None
-    model.config.use_cache = False
-    model.eval().requires_grad_(False)
-    return model.to(device), tok
-
-
-def teacher_hidden(teacher, batch: dict):
-    """The teacher's final (normed) hidden states ``[B, T, H]`` for a batch, without its logits."""
-    from pipeline.train.data import model_inputs
-
-    out = teacher(**model_inputs(batch), output_hidden_states=True, logits_to_keep=1)
-    return out.hidden_states[-1]
 
 
 # --------------------------------------------------------------------------- the loss

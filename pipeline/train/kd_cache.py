@@ -209,7 +209,7 @@ def build_cache(cfg: Any) -> dict:
     import torch
 
     from pipeline.train import data as D
-    from pipeline.train.kd import load_teacher, teacher_hidden
+    from pipeline.train.models import load_teacher, teacher_hidden
     from pipeline.train.loop import load_tokenizer
     from pipeline.train.losses import teacher_topk
     from pipeline.train.tokenizer_check import check_vocab

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["weights_sharded", "output_head"]
+__all__ = ["weights_sharded", "output_head", "teacher_dtype", "load_teacher", "teacher_hidden"]
 
 
 def weights_sharded(accelerator: Any) -> bool:
@@ -28,3 +28,40 @@ def output_head(accelerator: Any, model: Any) -> tuple[Any, Any]:
     """``(weight [V, H], bias or None)`` of the (unwrapped) model's output embedding."""
     head = accelerator.unwrap_model(model).get_output_embeddings()
     return head.weight, getattr(head, "bias", None)
+
+
+def teacher_dtype(name: str, device: Any) -> Any:
+    """The teacher's weights dtype for a config's ``teacher_dtype``: ``auto`` = bf16 on GPU, fp32 on CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def load_teacher(cfg: Any, device: Any) -> tuple[Any, Any]:
+    """The frozen teacher (eval, no grad) of a kd config (``teacher``, ``teacher_dtype``) on ``device``,
+    and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.config import ConfigError
+
+    if not cfg.teacher:
+        raise ConfigError("teacher: required here (no complete teacher_cache to train from)")
+    try:
+        tok = AutoTokenizer.from_pretrained(cfg.teacher)
+        model = AutoModelForCausalLM.from_pretrained(cfg.teacher, dtype=teacher_dtype(cfg.teacher_dtype, device))
+    except OSError as exc:
+        raise ConfigError(f"teacher {cfg.teacher!r}: cannot load ({exc})") from None
+    model.config.use_cache = False
+    model.eval().requires_grad_(False)
+    return model.to(device), tok
+
+
+def teacher_hidden(teacher: Any, batch: dict, layers: bool = False) -> Any:
+    """The teacher's final (normed) hidden states ``[B, T, H]`` for a batch, without its logits;
+    with ``layers``, the tuple of every layer's hidden states (index 0 = embeddings, -1 = final)."""
+    from pipeline.train.data import model_inputs
+
+    out = teacher(**model_inputs(batch), output_hidden_states=True, logits_to_keep=1)
+    return out.hidden_states if layers else out.hidden_states[-1]
