@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.grading import grade, grade_many  # noqa: E402
+from pipeline.grading import grade, grade_many, warm_up  # noqa: E402
 
 TARGET_PER_CORE = 200.0
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -128,7 +128,7 @@ def bench_grading(args: argparse.Namespace) -> dict:
 
     # Warm up (sympy's LaTeX grammar loads on the first parse, ~1-2 s): otherwise the first item that
     # reaches math-verify can hit a 1 s timeout in the serial run only, and the two runs disagree.
-    grade("<think>.</think> \\boxed{2\\pi}", "\\frac{1}{2}", timeout_s=30)
+    warm_up()
 
     base = pairs[: args.baseline_n]
     t = time.perf_counter()

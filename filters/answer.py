@@ -26,7 +26,7 @@ from typing import Any
 
 from pipeline.choices import choices_of, is_letter_reference
 from pipeline.config import PositiveFloat, Section
-from pipeline.grading import grade
+from pipeline.grading import grade, warm_up
 
 from filters.base import Parsed, Rule
 
@@ -56,7 +56,7 @@ class AnswerRule(Rule):
         self.timeout_s = cfg.timeout_s
         # Warm up once per process: the first math-verify call imports sympy and its LaTeX
         # grammar (~1.5 s), which must not land on the first real record of every worker.
-        grade("<think>.</think> \\boxed{1}", "2", timeout_s=self.timeout_s)
+        warm_up(self.timeout_s)
 
     def applies(self, p: Parsed) -> bool:
         if p.domain not in self.domains:

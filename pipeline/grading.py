@@ -33,7 +33,7 @@ from pipeline.answer_extract import THINK_CLOSE, extract_answer, extract_boxed
 from pipeline.answer_forms import _THOUSANDS_RE, cheap_verdict, light_form, normalize_answer, too_large
 
 __all__ = ["Grade", "extract_answer", "extract_boxed", "normalize_answer", "grade", "grade_many", "equivalent",
-           "STATUSES"]
+           "warm_up", "limit_worker_memory", "STATUSES"]
 
 log = logging.getLogger(__name__)
 STATUSES = ("correct", "wrong", "no_answer", "unclosed_think", "timeout", "error")
@@ -186,6 +186,14 @@ def grade(response: str, reference: str, timeout_s: float = 5.0, require_think: 
         return Grade(False, None, "no_answer")
     status = _settle(str(reference), extracted, timeout_s, symmetric=False)
     return Grade(status == "correct", extracted, status)
+
+
+def warm_up(timeout_s: float = 30.0) -> None:
+    """Load math-verify, sympy and the LaTeX grammar now (~1.5 s) rather than on the first real answer.
+
+    A pair the fast paths cannot settle, so it really reaches math-verify (``1`` vs ``2`` would not).
+    """
+    grade(f"{THINK_CLOSE} \\boxed{{x^2}}", "x \\cdot x", timeout_s=max(timeout_s, 30.0), require_think=False)
 
 
 def _grade_star(args: tuple) -> Grade:
