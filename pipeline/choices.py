@@ -39,9 +39,10 @@ _ANSWER_RE = re.compile(
     r"(?:\banswer\s*(?:is|:)|(?:correct|final|right|best)\s+(?:answer|option|choice)\s*(?:is|:|would be|=)"
     r"|\boption\s+is)\s*:?\s*(.+?)\s*(?:\n|$)", re.IGNORECASE)
 _LAST_LINE_RE = re.compile(r"^\W{0,4}(?:option\s+)?\(?([A-J])\)?\W{0,4}$", re.IGNORECASE)
-# "(C) 42 J" / "(c) 42 J" / "C) 42 J" / "C. 42 J" / "C: 42 J" / "C - 42 J"; after a bare space only B-H, J
+# "(C) 42 J" / "(c) 42 J" / "C) 42 J" / "C. 42 J" / "C: 42 J" / "C, since" / "C - 42 J"; after a bare space only B-H, J
 # ("C because ..."), never A or I, which are English words ("A bit ...", "I think ...").
-_LEAD_LETTER_RE = re.compile(r"^(?:\(([A-Ja-j])\)\s*|([A-J])(?:\)|\.|:|\s+-)\s*|([B-HJ])\s+(?=\w))(.+)$", re.DOTALL)
+_LEAD_LETTER_RE = re.compile(r"^(?:\(([A-Ja-j])\)\s*|([A-J])(?:\)|\.|:|,|\s+-)\s*|([B-HJ])\s+(?=\w))(.+)$", re.DOTALL)
+_OPTION_WORD_RE = re.compile(r"^(?:option|choice)\s+(?=\(?[A-Ja-j]\b)", re.IGNORECASE)
 _MULTI_RE = re.compile(r"^\(?([A-J])\)?(?:\s*(?:,|/|&|\band\b|\bor\b)\s*\(?([A-J])\)?)+$")
 
 
@@ -87,6 +88,7 @@ def _several_letters(cand: str) -> list[str] | None:
 
 def _read_candidate(cand: str, choices: Sequence[str] | None, boxed: bool) -> tuple[str | None, str]:
     """``(letter or joined letters, how)``: how is ``letter``, ``text``, ``several`` or ``none``."""
+    cand = _OPTION_WORD_RE.sub("", _clean(cand))  # "option C" / "choice (c)"
     letter = _single_letter(cand, boxed)
     if letter:
         return letter, "letter"

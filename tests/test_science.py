@@ -37,6 +37,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     ("the answer is (c)", "C", "letter"),
     ("The correct answer is C because the membrane ...", "C", "letter"),
     ("The correct option is C) Mitochondria", "C", "letter"),
+    ("The answer is C, since ATP is made there.", "C", "letter"),
+    ("The answer is A, since ATP is made there.", "A", "letter"),
+    ("The best answer is option C.", "C", "letter"),
+    ("Correct choice: choice (c)", "C", "letter"),
     ("Final answer: **C**", "C", "letter"),
     ("Weighing it all up:\n\n**(C)**", "C", "letter"),
     ("The answer is mitochondria.", "C", "text"),  # an option's text instead of its letter

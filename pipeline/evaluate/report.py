@@ -20,7 +20,8 @@ from pipeline.records import write_json_atomic, write_text_atomic
 __all__ = ["fmt", "run_table", "write_run_report", "load_results", "comparison_table", "write_comparison",
            "paper_values"]
 
-DISPLAY = {"math500": "MATH-500", "aime24": "AIME 2024", "amc23": "AMC 2023", "gsm8k": "GSM8K"}
+DISPLAY = {"math500": "MATH-500", "aime24": "AIME 2024", "amc23": "AMC 2023", "gsm8k": "GSM8K", "mmlu_stem": "MMLU STEM",
+           "gpqa": "GPQA"}
 
 
 def fmt(x: Any, digits: int = 1) -> str:
