@@ -254,6 +254,10 @@ def main():
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     _limits(job.get("limits") or {})
+    # numeric libraries start one thread per core at import: on a 64-core machine that alone passes
+    # the process cap; one thread each (the environment is otherwise empty).
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
     runner = {"asserts": run_asserts, "stdio": run_stdio, "call": run_call}[job["kind"]]
     try:
         result = runner(job)

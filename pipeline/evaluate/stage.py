@@ -92,7 +92,7 @@ class EvalConfig(ScoringSettings):
                                           "the other into <output_dir>/<label>/, then compared side by side")
     backend: Literal["vllm", "openai", "transformers"] = Field("vllm", description="generation engine")
     benchmarks: list[str | BenchmarkSpec] = Field(default_factory=lambda: list(DEFAULT_BENCHMARKS),
-                                                  description="short names (math500, aime24, amc23, gsm8k) or "
+                                                  description="short names (math500, aime24, amc23, gsm8k, humaneval, mbpp, ...) or "
                                                   "{name, path, problem_column, answer_column, limit, n}")
     hf_fallback: bool = Field(True, description="load a short-named benchmark from the Hugging Face hub when its "
                               "file is not in DISTILL_DATA_DIR")
@@ -323,6 +323,8 @@ def run_one(cfg: EvalConfig, model: str, label: str, revision: str | None, out: 
         timing["metrics_s"] += time.perf_counter() - t
         n_req = spec.n or cfg.sampling.n
         m.update({"n": n_req, "source": spec.path, "samples_file": str(samples_path)})
+        if "sandbox" in gstats:  # code: the isolation and limits the programs ran under
+            m["sandbox"] = gstats["sandbox"]
         if spec.grader == "judge":
             m["grader"] = {"judge": cfg.judge.model, "base_url": cfg.judge.base_url, "template": cfg.judge.template}
         if m["problems"] < len(probs) or m["n_min"] < n_req:
@@ -488,7 +490,7 @@ FLAGS = {
     "--label": ("label", str, "display name"),
     "--models": ("models", "list", "several models to evaluate and compare"),
     "--backend": ("backend", str, "vllm | openai | transformers"),
-    "--benchmarks": ("benchmarks", "list", "benchmark short names (math500 aime24 amc23 gsm8k)"),
+    "--benchmarks": ("benchmarks", "list", "benchmark short names (math500 aime24 amc23 gsm8k mmlu_stem gpqa humaneval mbpp)"),
     "--n": ("sampling.n", int, "samples per problem (k)"),
     "--max-tokens": ("sampling.max_tokens", int, "most new tokens per sample"),
     "--output": ("output_dir", str, "output folder"),
