@@ -284,6 +284,7 @@ def test_mixed_language_near_miss_quoted_term_at_the_end_of_a_sentence_and_chine
 
 
 def test_mixed_language_sentence_between_two_dollar_amounts_is_caught(worker):
-    reasoning = ("Stock A was worth $300*2 = $600 after a year.\n\n我们再仔细检查一下这个结果是否正确，确认每一步都没有错误。\n\n"
-                 "Stock B was worth $300/2 = $150, so the total is $750.\n\n" + EN_REASONING)
+    # An odd number of "$" before the Chinese paragraph: read as math delimiters, "$600 ... $150" hid it.
+    reasoning = ("Stock A was worth 300 * 2 = $600 after a year.\n\n我们再仔细检查一下这个结果是否正确，确认每一步都没有错误。\n\n"
+                 "Stock B was worth $150, so the total is 750 dollars.\n\n" + EN_REASONING)
     assert reasons(worker, record(reasoning=reasoning)) == {"mixed_language"}
