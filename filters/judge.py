@@ -11,9 +11,10 @@ record in ``domains`` matches its reference ``answer``.
   noted ``free_form``, or the domain is not graded at all), the judge decides: a ``wrong`` or
   ``malformed`` verdict rejects the record with reason ``judge_rejected`` (a malformed verdict is
   never a pass).
-* Where the rule grader did grade it (math, multiple choice), the rule's verdict stands and the
-  judge's is recorded beside it: the report's ``agreement`` block (rule vs judge on the same
-  records) is a free calibration of the judge. Put ``math`` in ``domains`` to get it.
+* Where the rule grader did grade it (math, multiple choice), the judge is not asked, unless
+  ``calibrate`` is on: then the rule's verdict stands and the judge's is recorded beside it, and
+  the report's ``agreement`` block (rule vs judge on the same records) calibrates the judge before
+  it is trusted with what rules cannot check. Put ``math`` in ``domains`` and set ``calibrate``.
 * The verdict and the judge's one-sentence rationale go to the record's ``meta.judge``.
 * The judge is asked one input chunk at a time (``chunk_size`` records, up to ``judge.concurrency``
   requests in flight), in the main process, which is the only writer of the verdict cache.
@@ -39,6 +40,8 @@ UNGRADED = ("free_form", "no_reference", None)
 
 class JudgeConfig(JudgeSettings):
     domains: list[str] = Field(default_factory=lambda: ["science"], description="domains the judge sees")
+    calibrate: bool = Field(False, description="also judge records the rule grader decided (math, multiple "
+                            "choice) and report rule-vs-judge agreement; costs a request per such record")
 
 
 class JudgeRule(BatchRule):
@@ -51,7 +54,9 @@ class JudgeRule(BatchRule):
         self.judge = Judge(cfg, Path(output_dir) / "judge_cache")
 
     def applies(self, p: Parsed, notes: dict[str, str]) -> bool:
-        return p.domain in self.domains and p.reference is not None
+        if p.domain not in self.domains or p.reference is None:
+            return False
+        return self.cfg.calibrate or notes.get(RULE_GRADED) in UNGRADED
 
     def check_many(self, items: list[tuple[Parsed, dict[str, str]]]) -> list[tuple[str | None, dict[str, Any]]]:
         verdicts = self.judge.judge_many([JudgeItem(p.prompt, final_answer(p.response), p.reference or "")

@@ -134,7 +134,7 @@ def _filter_cfg(inp: Path, out: Path, url: str, **extra):
     values = {"inputs": [str(inp)], "output_dir": str(out), "workers": 1, "decontam.enabled": False,
               "dedup.enabled": False, "judge.enabled": True, "judge.model": "tiny-judge", "judge.base_url": url,
               "judge.api_key_env": "JUDGE_TEST_KEY", "judge.retry_backoff_s": 0.01,
-              "judge.domains": ["science", "math"]}
+              "judge.domains": ["science", "math"], "judge.calibrate": True}
     values.update(extra)
     return load_config(FilterConfig, REPO / "configs/filter/r1.yaml", values=values)
 
@@ -178,6 +178,11 @@ def test_filter_judge_rule_rejects_keeps_meta_and_reports_agreement(tmp_path, mo
         again = run(_filter_cfg(inp, tmp_path / "out", server.url, overwrite=True))
         assert server.requests == [] and first_requests == 6 + 2
     assert again["rules"]["judge_rejected"] == entry
+    # Without calibrate, records the rule grader decided cost no request: only the 3 free-form ones.
+    with JudgeServer() as server:
+        plain = run(_filter_cfg(inp, tmp_path / "out2", server.url, **{"judge.calibrate": False}))
+        assert len({r["prompt"] for r in server.requests}) == 3
+    assert "agreement" not in plain["rules"]["judge_rejected"]
     assert_no_secret(tmp_path)
 
 
