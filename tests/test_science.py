@@ -216,9 +216,11 @@ def test_score_mode_perfect_answers_score_100_percent(shared_data, monkeypatch, 
             rows.append({"benchmark": "mmlu_stem", "problem_id": p.id, "sample_index": j, "answer": p.answer,
                          "choices": list(p.choices), "response": f"{THINK}{final}"})
     inp = write_jsonl(tmp_path / "perfect.jsonl", rows)
-    res = score(ScoreConfig(inputs=[str(inp)], output_dir=str(tmp_path / "out"), pass_k=[1, 2], progress=False,
-                            grading_workers=1))
-    m = res["benchmarks"]["mmlu_stem"]
+    from pipeline.cli import main as cli_main
+
+    assert cli_main(["eval", "score", "--input", str(inp), "--output", str(tmp_path / "out"), "--pass-k", "1", "2",
+                     "--workers", "1", "--set", "progress=false"]) == 0
+    m = json.loads((tmp_path / "out" / "results.json").read_text())["benchmarks"]["mmlu_stem"]
     assert (m["pass@1"], m["pass@k"]["2"], m["cons@k"]["2"], m["problems"]) == (100.0, 100.0, 100.0, 60)
     assert m["ci95"] == [100.0, 100.0]
     # One wrong letter per problem halves pass@1.
