@@ -61,13 +61,13 @@ from typing import Any
 
 from pipeline.config import ConfigError
 from pipeline.records import write_json_atomic
-from pipeline.train.attention import VARLEN
 from pipeline.train.config import TrainConfig
 
 __all__ = ["LossOutput", "LossFn", "TrainContext", "run_training", "CosineSchedule", "latest_checkpoint"]
 
 log = logging.getLogger(__name__)
 CKPT_RE = re.compile(r"^step-(\d{8})$")
+VARLEN_NAME = "distill_varlen"  # pipeline.train.attention.VARLEN (not imported here: it pulls in torch)
 
 
 @dataclass
@@ -348,55 +348,75 @@ def _trim_metrics(path: Path, keep_upto: int) -> None:
     path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
 
 
-def run_training(cfg: TrainConfig, make_loss: Callable[[TrainContext], LossFn], *, stage: str = "sft",
-                 check: bool = False) -> dict:
-    """Train ``cfg.model`` on ``cfg.data`` with ``make_loss``'s loss; return the run summary.
+@dataclass
+class _Run:
+    """What one training run holds between steps (built by :func:`_setup`)."""
 
-    ``check``: render a few samples, show trained tokens, fail on an empty mask / lost think
-    block / untrained EOS, and return the preflight report without training.
-    """
+    cfg: TrainConfig
+    stage: str
+    accelerator: Any
+    tokenizer: Any
+    template: str
+    corpus: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    attn: str
+    plan0: list
+    steps_per_epoch: int
+    total_steps: int
+    waste: dict
+    dropped_tail: int
+    n_trainable: int
+    n_total: int
+    ckpt: Path | None = None
+    start_step: int = 0
+    tokens_seen: int = 0
+    elapsed_before: float = 0.0
+    loss_fn: Any = None
+    plans: dict = field(default_factory=dict)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+    @property
+    def per_step(self) -> int:
+        return self.accelerator.num_processes * self.cfg.grad_accum
+
+
+def _check_output(cfg: TrainConfig, out_dir: Path) -> dict | None:
+    """``None`` to train; the saved summary when a ``resume`` finds the run already complete."""
+    summary_path, final_dir = out_dir / "summary.json", out_dir / "final"
+    ckpt = latest_checkpoint(out_dir)
+    if cfg.resume and ckpt is None and summary_path.exists() and final_dir.is_dir():
+        log.info("%s: run already complete; nothing to resume", out_dir)
+        return json.loads(summary_path.read_text(encoding="utf-8"))
+    if not cfg.resume and (ckpt is not None or final_dir.exists()):
+        raise ConfigError(f"{out_dir}: holds a previous run (checkpoints/ or final/); pass --resume to continue "
+                          "it, or choose another output_dir")
+    return None
+
+
+def _setup(cfg: TrainConfig, stage: str, accelerator, tokenizer, template: str) -> _Run:
+    """Data plan, student, optimizer and schedule, prepared by Accelerate."""
     import torch
     from accelerate.utils import set_seed
 
     from pipeline.train import data as D
 
-    out_dir = Path(cfg.output_dir)
-    accelerator = make_accelerator(cfg)
-    main = accelerator.is_main_process
-    tokenizer = load_tokenizer(cfg)
-    template = D.chat_template_for_training(tokenizer)
-
-    if check:
-        report = D.preflight(cfg, tokenizer, template)
-        return report
-
-    summary_path = out_dir / "summary.json"
-    final_dir = out_dir / "final"
-    ckpt = latest_checkpoint(out_dir) if cfg.resume else None
-    if cfg.resume and ckpt is None and summary_path.exists() and final_dir.is_dir():
-        log.info("%s: run already complete; nothing to resume", out_dir)
-        return json.loads(summary_path.read_text(encoding="utf-8"))
-    if not cfg.resume and (latest_checkpoint(out_dir) is not None or final_dir.exists()):
-        raise ConfigError(f"{out_dir}: holds a previous run (checkpoints/ or final/); pass --resume to continue "
-                          "it, or choose another output_dir")
-
     corpus = D.build_corpus(cfg, tokenizer, template, accelerator)
-    world, accum = accelerator.num_processes, cfg.grad_accum
-    per_step = world * accum
+    per_step = accelerator.num_processes * cfg.grad_accum
     plan0 = D.plan_epoch(corpus, cfg, epoch=0)
     steps_per_epoch = len(plan0) // per_step
     if steps_per_epoch == 0:
         raise ConfigError(f"{cfg.data}: {len(corpus)} samples make {len(plan0)} micro-batches, fewer than "
                           f"world_size x grad_accum = {per_step}; use more data or a smaller batch")
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    waste = D.padding_stats(corpus, plan0, cfg)
-    dropped_tail = len(plan0) - steps_per_epoch * per_step
-
     set_seed(cfg.seed)
     attn = attn_implementation(cfg)
-    D.check_packing_support(cfg, attn)
     log.info("attention: %s", attn)
-    varlen = attn == VARLEN
+    D.check_packing_support(cfg, attn)
     model = load_student(cfg, attn)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
@@ -406,116 +426,164 @@ def run_training(cfg: TrainConfig, make_loss: Callable[[TrainContext], LossFn], 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    return _Run(cfg=cfg, stage=stage, accelerator=accelerator, tokenizer=tokenizer, template=template, corpus=corpus,
+                model=model, optimizer=optimizer, scheduler=scheduler, attn=attn, plan0=plan0,
+                steps_per_epoch=steps_per_epoch, total_steps=total_steps, waste=D.padding_stats(corpus, plan0, cfg),
+                dropped_tail=len(plan0) - steps_per_epoch * per_step, n_trainable=n_trainable, n_total=n_total,
+                plans={0: plan0})
 
-    start_step, tokens_seen, elapsed_before = 0, 0, 0.0
-    fingerprint = corpus.fingerprint
-    if ckpt is not None:
-        state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-        if state.get("data_fingerprint") != fingerprint:
-            raise ConfigError(f"{ckpt}: was written for different data or packing settings "
-                              f"({state.get('data_fingerprint')} != {fingerprint}); resume needs the same data")
-        if state.get("micro_batches_per_step") != per_step:
-            log.warning("resuming with world_size x grad_accum = %d (checkpoint used %s): the data position is kept "
-                        "but steps differ from the original run", per_step, state.get("micro_batches_per_step"))
-        accelerator.load_state(str(ckpt))
-        start_step = int(state["step"])
-        tokens_seen = int(state.get("trained_tokens", 0))
-        elapsed_before = float(state.get("elapsed_s", 0.0))
-        if main:
-            log.info("resuming from %s (step %d of %d)", ckpt, start_step, total_steps)
 
-    loss_fn = make_loss(TrainContext(cfg=cfg, accelerator=accelerator, model=model, tokenizer=tokenizer,
-                                     corpus=corpus))
+def _resume(run: _Run) -> None:
+    """Load the newest checkpoint (model, optimizer, scheduler, RNG) and the position it recorded."""
+    ckpt = latest_checkpoint(run.out_dir) if run.cfg.resume else None
+    if ckpt is None:
+        return
+    state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    if state.get("data_fingerprint") != run.corpus.fingerprint:
+        raise ConfigError(f"{ckpt}: was written for different data or packing settings "
+                          f"({state.get('data_fingerprint')} != {run.corpus.fingerprint}); resume needs the same data")
+    if state.get("micro_batches_per_step") != run.per_step:
+        log.warning("resuming with world_size x grad_accum = %d (checkpoint used %s): the data position is kept "
+                    "but steps differ from the original run", run.per_step, state.get("micro_batches_per_step"))
+    run.accelerator.load_state(str(ckpt))
+    run.ckpt, run.start_step = ckpt, int(state["step"])
+    run.tokens_seen = int(state.get("trained_tokens", 0))
+    run.elapsed_before = float(state.get("elapsed_s", 0.0))
+    if run.accelerator.is_main_process:
+        log.info("resuming from %s (step %d of %d)", ckpt, run.start_step, run.total_steps)
 
-    metrics_path = out_dir / "metrics.jsonl"
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if ckpt is not None:
-            _trim_metrics(metrics_path, start_step)
-        elif metrics_path.exists():
-            metrics_path.unlink()
-        log.info("%s: %d samples (%d dropped as longer than %d), %d micro-batches/epoch, %d steps/epoch, %d steps; "
-                 "padding waste %.1f%%; trainable params %d / %d", stage, len(corpus), corpus.dropped_too_long,
-                 cfg.max_seq_len, len(plan0), steps_per_epoch, total_steps, 100 * waste["padding_fraction"],
-                 n_trainable, n_total)
-    if cfg.report_to:
-        accelerator.init_trackers(f"distill-{stage}", config=cfg.model_dump(mode="json"))
 
+@dataclass
+class _Step:
+    """One optimizer step's outcome: trained tokens (all ranks), loss and extra parts (token sums)."""
+
+    tokens: int
+    loss_sum: Any
+    parts: dict
+    grad_norm: Any
+    lr: float
+
+
+def _micro_batches(run: _Run, step: int) -> tuple[list, int]:
+    """This rank's micro-batches of optimizer step ``step`` and the step's trained tokens (all ranks)."""
+    from pipeline.train import data as D
+
+    epoch, in_epoch = divmod(step, run.steps_per_epoch)
+    if epoch not in run.plans:
+        run.plans = {epoch: D.plan_epoch(run.corpus, run.cfg, epoch=epoch)}
+    step_mbs = run.plans[epoch][in_epoch * run.per_step:(in_epoch + 1) * run.per_step]
+    step_tokens = sum(D.micro_batch_tokens(run.corpus, mb) for mb in step_mbs)
+    rank, accum = run.accelerator.process_index, run.cfg.grad_accum
+    return step_mbs[rank * accum:(rank + 1) * accum], step_tokens
+
+
+def _train_step(run: _Run, step: int, check_tokens: bool) -> _Step:
+    """Forward/backward every micro-batch of this rank, then clip and step (see the normalisation
+    rule in the module docstring: each ``loss_sum`` is scaled by ``world * accum / step_tokens``)."""
+    import torch
+
+    from pipeline.train import data as D
+
+    acc, model, cfg = run.accelerator, run.model, run.cfg
+    mine, step_tokens = _micro_batches(run, step)
+    scale = run.per_step / max(step_tokens, 1)
+    loss_sum, parts, norm = torch.zeros((), device=acc.device), {}, None
+    varlen = run.attn == VARLEN_NAME
+    for mb in mine:
+        batch = D.to_device(D.collate(run.corpus, mb, pad_id=run.tokenizer.pad_token_id, packing=cfg.packing),
+                            acc.device)
+        batch["varlen"] = varlen
+        with acc.accumulate(model):
+            with acc.autocast():
+                out = run.loss_fn(model, batch)
+            if check_tokens and int(out.num_tokens) != batch["num_tokens"]:
+                raise RuntimeError(f"loss_fn summed over {int(out.num_tokens)} tokens but the batch trains "
+                                   f"{batch['num_tokens']}; see the LossOutput contract in loop.py")
+            acc.backward(out.loss_sum * scale)
+            loss_sum += out.loss_sum.detach().float()
+            for k, v in out.parts.items():
+                parts[k] = parts.get(k, 0.0) + (v.detach().float() if hasattr(v, "detach") else v)
+            if acc.sync_gradients:
+                if cfg.clip_grad > 0:
+                    norm = acc.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.scheduler.step()
+    return _Step(tokens=step_tokens, loss_sum=loss_sum, parts=parts, grad_norm=norm, lr=lr)
+
+
+class _MetricsWindow:
+    """Per-token losses of the steps since the last log line; no host sync until :meth:`record`."""
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self.last_norm: Any = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.losses: list[Any] = []
+        self.parts: dict[str, list[Any]] = {}
+        self.tokens, self.t0 = 0, time.perf_counter()
+
+    def add(self, s: _Step) -> None:
+        self.losses.append(s.loss_sum / max(s.tokens, 1))
+        for k, v in s.parts.items():
+            self.parts.setdefault(k, []).append(v / max(s.tokens, 1))
+        self.tokens += s.tokens
+        if s.grad_norm is not None:
+            self.last_norm = s.grad_norm
+
+    def record(self, done: int, epoch: float, lr: float, tokens_seen: int) -> dict:
+        """The log line for the window ending at step ``done`` (summed over ranks), then a new window."""
+        import torch
+
+        acc, world = self.accelerator, self.accelerator.num_processes
+        losses = torch.stack(self.losses)
+        if world > 1:
+            losses = acc.reduce(losses, reduction="sum")
+        parts = {}
+        for k, vs in self.parts.items():
+            t = torch.stack([torch.as_tensor(v, device=acc.device, dtype=torch.float32) for v in vs])
+            parts[k] = float((acc.reduce(t, reduction="sum") if world > 1 else t).mean())
+        now = time.perf_counter()
+        rec = {"step": done, "epoch": epoch, "loss": float(losses.mean()), "lr": lr,
+               "grad_norm": float(self.last_norm) if self.last_norm is not None else None,
+               "trained_tokens": tokens_seen, "tokens_per_s": self.tokens / max(now - self.t0, 1e-9), **parts}
+        self._reset()
+        return rec
+
+
+def _checkpoint_state(run: _Run, done: int, elapsed: float) -> dict:
+    epoch, in_epoch = divmod(done - 1, run.steps_per_epoch)
+    return {"step": done, "epoch": epoch, "micro_batch_in_epoch": (in_epoch + 1) * run.per_step,
+            "micro_batches_per_step": run.per_step, "trained_tokens": run.tokens_seen, "elapsed_s": elapsed,
+            "data_fingerprint": run.corpus.fingerprint, "total_steps": run.total_steps,
+            "world_size": run.accelerator.num_processes}
+
+
+def _train(run: _Run) -> list[dict]:
+    """The steps from ``start_step`` to ``total_steps``: log lines, progress, checkpoints."""
+    cfg, acc, main = run.cfg, run.accelerator, run.accelerator.is_main_process
+    metrics_path = run.out_dir / "metrics.jsonl"
     progress = None
     if main and cfg.progress:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=total_steps, initial=start_step, desc=f"distill {stage}", unit="step")
-
-    device = accelerator.device
-    model.train()
-    plan_cache: dict[int, list] = {0: plan0}
-    window_loss: list[Any] = []
-    window_parts: dict[str, list[Any]] = {}
-    window_tokens, window_t0 = 0, time.perf_counter()
-    last_norm: Any = None
-    t_start = time.perf_counter()
+        progress = tqdm(total=run.total_steps, initial=run.start_step, desc=f"distill {run.stage}", unit="step")
+    window, history = _MetricsWindow(acc), []
     metrics_fh = open(metrics_path, "a", encoding="utf-8") if main else None
-    history: list[dict] = []
-    checked_tokens = False
+    t_start = time.perf_counter()
+    run.model.train()
     try:
-        for step in range(start_step, total_steps):
-            epoch, in_epoch = divmod(step, steps_per_epoch)
-            if epoch not in plan_cache:
-                plan_cache = {epoch: D.plan_epoch(corpus, cfg, epoch=epoch)}
-            plan = plan_cache[epoch]
-            step_mbs = plan[in_epoch * per_step:(in_epoch + 1) * per_step]
-            step_tokens = sum(D.micro_batch_tokens(corpus, mb) for mb in step_mbs)
-            mine = step_mbs[accelerator.process_index * accum:(accelerator.process_index + 1) * accum]
-            scale = world * accum / max(step_tokens, 1)
-            step_loss = torch.zeros((), device=device)
-            step_parts: dict[str, Any] = {}
-            for mb in mine:
-                batch = D.to_device(D.collate(corpus, mb, pad_id=tokenizer.pad_token_id, packing=cfg.packing), device)
-                batch["varlen"] = varlen
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        out = loss_fn(model, batch)
-                    if not checked_tokens:
-                        got = int(out.num_tokens)
-                        if got != batch["num_tokens"]:
-                            raise RuntimeError(f"loss_fn summed over {got} tokens but the batch trains "
-                                               f"{batch['num_tokens']}; see the LossOutput contract in loop.py")
-                        checked_tokens = True
-                    accelerator.backward(out.loss_sum * scale)
-                    step_loss += out.loss_sum.detach().float()
-                    for k, v in out.parts.items():
-                        step_parts[k] = step_parts.get(k, 0.0) + (v.detach().float() if hasattr(v, "detach") else v)
-                    if accelerator.sync_gradients:
-                        if cfg.clip_grad > 0:
-                            last_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-            step_lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            tokens_seen += step_tokens
-            window_tokens += step_tokens
-            window_loss.append(step_loss / max(step_tokens, 1))
-            for k, v in step_parts.items():
-                window_parts.setdefault(k, []).append(v / max(step_tokens, 1))
+        for step in range(run.start_step, run.total_steps):
+            s = _train_step(run, step, check_tokens=step == run.start_step)
+            run.tokens_seen += s.tokens
+            window.add(s)
             done = step + 1
             _fault("step", done)
-
-            if done % cfg.log_every == 0 or done == total_steps:
-                losses = torch.stack(window_loss)
-                if world > 1:
-                    losses = accelerator.reduce(losses, reduction="sum")
-                parts = {}
-                for k, vs in window_parts.items():
-                    t = torch.stack([torch.as_tensor(v, device=device, dtype=torch.float32) for v in vs])
-                    parts[k] = float((accelerator.reduce(t, reduction="sum") if world > 1 else t).mean())
-                now = time.perf_counter()
-                rec = {"step": done, "epoch": round(done / steps_per_epoch, 4), "loss": float(losses.mean()),
-                       "lr": step_lr,
-                       "grad_norm": float(last_norm) if last_norm is not None else None,
-                       "trained_tokens": tokens_seen,
-                       "tokens_per_s": window_tokens / max(now - window_t0, 1e-9), **parts}
-                window_loss, window_parts, window_tokens, window_t0 = [], {}, 0, now
+            if done % cfg.log_every == 0 or done == run.total_steps:
+                rec = window.record(done, round(done / run.steps_per_epoch, 4), s.lr, run.tokens_seen)
                 history.append(rec)
                 if main:
                     metrics_fh.write(json.dumps(rec) + "\n")
@@ -523,42 +591,93 @@ def run_training(cfg: TrainConfig, make_loss: Callable[[TrainContext], LossFn], 
                     if progress is not None:
                         progress.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
                 if cfg.report_to:
-                    accelerator.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=done)
+                    acc.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=done)
             if progress is not None:
                 progress.update(1)
-            if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
-                save_checkpoint(accelerator, out_dir, done, {
-                    "step": done, "epoch": epoch, "micro_batch_in_epoch": (in_epoch + 1) * per_step,
-                    "micro_batches_per_step": per_step, "trained_tokens": tokens_seen,
-                    "elapsed_s": elapsed_before + time.perf_counter() - t_start, "data_fingerprint": fingerprint,
-                    "total_steps": total_steps, "world_size": world}, cfg.keep_checkpoints)
+            if cfg.save_every and done % cfg.save_every == 0 and done < run.total_steps:
+                elapsed = run.elapsed_before + time.perf_counter() - t_start
+                save_checkpoint(acc, run.out_dir, done, _checkpoint_state(run, done, elapsed), cfg.keep_checkpoints)
     finally:
         if progress is not None:
             progress.close()
         if metrics_fh is not None:
             metrics_fh.close()
+    run.elapsed_before += time.perf_counter() - t_start
+    return history
 
-    elapsed = elapsed_before + time.perf_counter() - t_start
-    final_dir = save_final(accelerator, model, tokenizer, cfg, out_dir / "final", template, corpus.stop_ids)
-    checksums = _param_checksums(accelerator, model)
-    summary = {"stage": stage, "model_dir": str(final_dir), "output_dir": str(out_dir), "steps": total_steps,
-               "resumed_from_step": start_step if ckpt is not None else None,
-               "epochs": round(total_steps / steps_per_epoch, 4), "samples": len(corpus),
-               "dropped_too_long": corpus.dropped_too_long, "dropped_tail_micro_batches_per_epoch": dropped_tail,
-               "trained_tokens": tokens_seen, "final_loss": history[-1]["loss"] if history else None,
-               "padding_fraction": waste["padding_fraction"], "world_size": world, "grad_accum": accum,
-               "micro_batch_size": cfg.micro_batch_size, "packing": cfg.packing, "attn_implementation": attn,
-               "mixed_precision": accelerator.mixed_precision, "trainable_params": n_trainable,
-               "total_params": n_total, "elapsed_s": round(elapsed, 3),
-               "trained_tokens_per_s": tokens_seen / max(elapsed, 1e-9) if ckpt is None else None,
-               "param_checksum_by_rank": checksums}
-    if main:
-        write_json_atomic(summary_path, summary)
-        _plot_loss(metrics_path, out_dir / "loss.png", stage)
+
+def _summary(run: _Run, final_dir: Path, history: list[dict]) -> dict:
+    elapsed = run.elapsed_before
+    return {"stage": run.stage, "model_dir": str(final_dir), "output_dir": str(run.out_dir), "steps": run.total_steps,
+            "resumed_from_step": run.start_step if run.ckpt is not None else None,
+            "epochs": round(run.total_steps / run.steps_per_epoch, 4), "samples": len(run.corpus),
+            "dropped_too_long": run.corpus.dropped_too_long,
+            "dropped_tail_micro_batches_per_epoch": run.dropped_tail, "trained_tokens": run.tokens_seen,
+            "final_loss": history[-1]["loss"] if history else None,
+            "padding_fraction": run.waste["padding_fraction"], "world_size": run.accelerator.num_processes,
+            "grad_accum": run.cfg.grad_accum, "micro_batch_size": run.cfg.micro_batch_size,
+            "packing": run.cfg.packing, "attn_implementation": run.attn,
+            "mixed_precision": run.accelerator.mixed_precision, "trainable_params": run.n_trainable,
+            "total_params": run.n_total, "elapsed_s": round(elapsed, 3),
+            "trained_tokens_per_s": run.tokens_seen / max(elapsed, 1e-9) if run.ckpt is None else None,
+            "param_checksum_by_rank": _param_checksums(run.accelerator, run.model)}
+
+
+def run_training(cfg: TrainConfig, make_loss: Callable[[TrainContext], LossFn], *, stage: str = "sft",
+                 check: bool = False, summary_extra: Callable[[dict], dict] | None = None) -> dict:
+    """Train ``cfg.model`` on ``cfg.data`` with ``make_loss``'s loss; return the run summary.
+
+    ``check``: render a few samples, show trained tokens, fail on an empty mask / lost think
+    block / untrained EOS, and return the preflight report without training.
+    ``summary_extra(summary) -> dict``: fields a stage adds to ``summary.json`` (kd: its settings).
+    """
+    from pipeline.train import data as D
+
+    accelerator = make_accelerator(cfg)
+    tokenizer = load_tokenizer(cfg)
+    template = D.chat_template_for_training(tokenizer)
+    if check:
+        return D.preflight(cfg, tokenizer, template)
+    out_dir = Path(cfg.output_dir)
+    done = _check_output(cfg, out_dir)
+    if done is not None:
+        return done
+    run = _setup(cfg, stage, accelerator, tokenizer, template)
+    _resume(run)
+    run.loss_fn = make_loss(TrainContext(cfg=cfg, accelerator=accelerator, model=run.model, tokenizer=tokenizer,
+                                         corpus=run.corpus))
+    _start_log(run)
+    if cfg.report_to:
+        accelerator.init_trackers(f"distill-{stage}", config=cfg.model_dump(mode="json"))
+    history = _train(run)
+    final_dir = save_final(accelerator, run.model, tokenizer, cfg, out_dir / "final", template, run.corpus.stop_ids)
+    summary = _summary(run, final_dir, history)
+    if summary_extra is not None:
+        summary.update(summary_extra(summary))
+    if accelerator.is_main_process:
+        write_json_atomic(out_dir / "summary.json", summary)
+        _plot_loss(out_dir / "metrics.jsonl", out_dir / "loss.png", stage)
     if cfg.report_to:
         accelerator.end_training()
     accelerator.wait_for_everyone()
     return summary
+
+
+def _start_log(run: _Run) -> None:
+    """Create the run folder, drop log lines past a resumed checkpoint, log the plan."""
+    if not run.accelerator.is_main_process:
+        return
+    metrics_path = run.out_dir / "metrics.jsonl"
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    if run.ckpt is not None:
+        _trim_metrics(metrics_path, run.start_step)
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    cfg = run.cfg
+    log.info("%s: %d samples (%d dropped as longer than %d), %d micro-batches/epoch, %d steps/epoch, %d steps; "
+             "padding waste %.1f%%; trainable params %d / %d", run.stage, len(run.corpus),
+             run.corpus.dropped_too_long, cfg.max_seq_len, len(run.plan0), run.steps_per_epoch, run.total_steps,
+             100 * run.waste["padding_fraction"], run.n_trainable, run.n_total)
 
 
 def _param_checksums(accelerator, model) -> list[float]:
