@@ -87,6 +87,10 @@ def _markdown(report: dict[str, Any]) -> str:
     for name, d in report["domains"].items():
         top = ", ".join(f"{k} {v}" for k, v in sorted(d["by_rule"].items(), key=lambda kv: -kv[1])[:4])
         lines.append(f"| {name} | {d['input']} | {d['kept']} | {d['rejected']} | {top} |")
+    if report.get("decontam_benchmarks"):
+        lines += ["", "Decontaminated against: " + "; ".join(
+            f"{b['name']} ({b['location']}, {b['problems']} problems, sha256 of the {b['sha256_of']} "
+            f"{b['sha256'][:16]}…)" for b in report["decontam_benchmarks"]) + "."]
     if report.get("run"):
         r = report["run"]
         lines += ["", f"Run: {r.get('seconds', 0):.1f} s, {r.get('records_per_s', 0):.0f} records/s, "

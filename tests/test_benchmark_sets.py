@@ -118,6 +118,9 @@ def test_filter_report_names_the_sets_and_their_sha256(tmp_path, shared_data, mo
     assert report["decontam_benchmarks"] == [{"name": "aime24", "location": str(shared_data / "aime24.jsonl"),
                                               "sha256": _sha(shared_data / "aime24.jsonl"), "sha256_of": "file",
                                               "problems": 30}]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"Decontaminated against: aime24 ({shared_data / 'aime24.jsonl'}, 30 problems, sha256 of the file " \
+           f"{_sha(shared_data / 'aime24.jsonl')[:16]}" in md
 
 
 def test_eval_without_data_dir_says_what_it_tried(tmp_path, capsys):
