@@ -21,7 +21,6 @@ forge the harness's verdict could; the sandbox keeps the machine safe, the verdi
 as a non-adversarial program makes it.
 """
 
-import ast
 import builtins
 import errno
 import json
@@ -30,7 +29,6 @@ import os
 import resource
 import signal
 import sys
-import traceback
 
 _RES_FD = None
 _NONCE = ""
@@ -64,6 +62,8 @@ def _classify(exc, where):
         return "memory_limit", f"MemoryError {where}"
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
         return "output_limit", f"output past the file-size cap {where}"
+    import traceback  # imported on failure only: every import is paid once per program
+
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:])
     return "runtime_error", f"{type(exc).__name__} {where}: {_cut(tb)}"
 
@@ -90,6 +90,8 @@ def _redirect_in(data):
 
 def _failed_line(exc, sources):
     """The source line of the deepest test frame an exception passed through."""
+    import traceback
+
     line = None
     for frame, lineno in traceback.walk_tb(exc.__traceback__):
         src = sources.get(frame.f_code.co_filename)
@@ -102,6 +104,8 @@ def _failed_line(exc, sources):
 
 def _assert_got(test, ns):
     """For ``assert A == B``: (repr(B), repr(A)) evaluated again, else (None, None)."""
+    import ast
+
     try:
         node = ast.parse(test.strip()).body[0]
         cmp = node.test if isinstance(node, ast.Assert) else None
@@ -249,6 +253,9 @@ def main():
     global _RES_FD, _NONCE
     job = json.loads(sys.stdin.buffer.read().decode("utf-8"))
     _NONCE = job.pop("nonce")
+    for d in job.get("site_dirs") or []:  # started with -S: site-packages without running .pth files
+        if d not in sys.path:
+            sys.path.append(d)
     _RES_FD = os.dup(1)
     os.set_inheritable(_RES_FD, False)
     null = os.open(os.devnull, os.O_RDONLY)

@@ -124,7 +124,11 @@ class Sandbox:
         self.cgroups = PidsCgroups() if self.level != "none" or os.geteuid() == 0 else None
         if self.cgroups is not None and not self.cgroups.available:
             self.cgroups = None
-        self._argv = isolation.command(self.level, self.python, self.cfg.tmp_mb << 20)
+        # The pipeline's own interpreter: skip `site` and hand the harness its site-packages folders
+        # (their .pth files are not run: packages importable only through a .pth are not available).
+        self._site_dirs = _site_dirs() if self.python == sys.executable else None
+        self._argv = isolation.command(self.level, self.python, self.cfg.tmp_mb << 20,
+                                       no_site=self._site_dirs is not None)
 
     def describe(self) -> dict[str, Any]:
         """The isolation in force, for logs and reports."""
@@ -147,7 +151,7 @@ class Sandbox:
         start = time.perf_counter()
         total = len(job.get("asserts") or job.get("cases") or [])
         nonce = secrets.token_hex(8)
-        data = json.dumps({**job, "nonce": nonce, "limits": self._limits()}).encode()
+        data = json.dumps({**job, "nonce": nonce, "limits": self._limits(), "site_dirs": self._site_dirs}).encode()
         workdir = cgroup = None
         try:
             argv = list(self._argv)
@@ -271,6 +275,13 @@ def _kill_group(proc: subprocess.Popen) -> None:
             except OSError:
                 pass
     proc.wait()
+
+
+def _site_dirs() -> list[str]:
+    import site
+
+    dirs = list(site.getsitepackages())
+    return [d for d in dirs if os.path.isdir(d)]
 
 
 def _user_processes() -> int:
