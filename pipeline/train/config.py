@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 
 from pipeline.config import Section, StageConfig
 
-__all__ = ["LoraConfig", "TrainConfig"]
+__all__ = ["LoraConfig", "TrainConfig", "SFTConfig"]
 
 
 class LoraConfig(Section):
@@ -96,3 +96,7 @@ class TrainConfig(StageConfig):
         if any(not str(p).strip() for p in v):
             raise ValueError("empty data path")
         return v
+
+
+class SFTConfig(TrainConfig):
+    """``distill sft`` settings: the shared training settings (see ``TrainConfig``)."""

@@ -55,7 +55,7 @@ __all__ = ["Corpus", "Renderer", "chat_template_for_training", "load_conversatio
 
 log = logging.getLogger(__name__)
 DATA_VERSION = 1  # bump when rendering/masking rules change (invalidates caches)
-IGNORE = -100
+from pipeline.train.losses import IGNORE_INDEX  # the one definition (labels not trained)
 MEGA_BATCH = 50
 
 
@@ -389,7 +389,7 @@ def collate(corpus: Corpus, mb: list[tuple[int, ...]], pad_id: int, packing: boo
     T = max(lens)
     B = len(mb)
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)
-    labels = torch.full((B, T), IGNORE, dtype=torch.long)
+    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((B, T), dtype=torch.long)
     keys, spans = [], []
     for b, row in enumerate(mb):
@@ -401,7 +401,7 @@ def collate(corpus: Corpus, mb: list[tuple[int, ...]], pad_id: int, packing: boo
             t_ids = torch.from_numpy(ids.astype(np.int64))
             input_ids[b, pos:pos + n] = t_ids
             lab = t_ids.clone()
-            lab[~torch.from_numpy(tr)] = IGNORE
+            lab[~torch.from_numpy(tr)] = IGNORE_INDEX
             labels[b, pos:pos + n] = lab
             position_ids[b, pos:pos + n] = torch.arange(n)
             row_keys.append(corpus.keys[i])
@@ -462,7 +462,7 @@ def next_token_targets(batch: dict) -> tuple[Any, Any]:
     row, and those next tokens (-100 where that row does not train it). Pass ``positions`` as the
     model's ``logits_to_keep`` so prompt positions never reach the LM head."""
     nxt = batch["labels"][:, 1:]
-    positions = (nxt != IGNORE).any(0).nonzero().squeeze(1)
+    positions = (nxt != IGNORE_INDEX).any(0).nonzero().squeeze(1)
     return positions, nxt[:, positions]
 
 

@@ -17,13 +17,9 @@ import json
 from typing import Any
 
 from pipeline.cliutil import add_stage_action, add_stage_parser, config_from_args
-from pipeline.train.config import LoraConfig, TrainConfig
+from pipeline.train.config import LoraConfig, SFTConfig
 
 __all__ = ["SFTConfig", "LoraConfig", "run", "check", "causal_lm_loss", "register"]
-
-
-class SFTConfig(TrainConfig):
-    """``distill sft`` settings: the shared training settings (see ``TrainConfig``)."""
 
 
 def causal_lm_loss(model: Any, batch: dict, chunk_tokens: int = 2048):
@@ -34,6 +30,7 @@ def causal_lm_loss(model: Any, batch: dict, chunk_tokens: int = 2048):
 
     from pipeline.train.data import model_inputs, next_token_targets
     from pipeline.train.loop import LossOutput
+    from pipeline.train.losses import IGNORE_INDEX
 
     positions, targets = next_token_targets(batch)
     logits = model(**model_inputs(batch), logits_to_keep=positions).logits  # [B, P, V]
@@ -42,7 +39,7 @@ def causal_lm_loss(model: Any, batch: dict, chunk_tokens: int = 2048):
     total = flat_logits.new_zeros((), dtype=flat_logits.dtype).float()
     for s in range(0, flat_targets.numel(), chunk_tokens):
         total = total + F.cross_entropy(flat_logits[s:s + chunk_tokens].float(), flat_targets[s:s + chunk_tokens],
-                                        ignore_index=-100, reduction="sum")
+                                        ignore_index=IGNORE_INDEX, reduction="sum")
     return LossOutput(loss_sum=total, num_tokens=int(batch["num_tokens"]))
 
 
@@ -53,11 +50,11 @@ def fused_causal_lm_loss(model: Any, batch: dict, accelerator: Any, chunk_tokens
     backward. Equal to :func:`causal_lm_loss` in value and gradient (tested)."""
     from pipeline.train.data import model_inputs
     from pipeline.train.loop import LossOutput
-    from pipeline.train.losses import fused_linear_cross_entropy
+    from pipeline.train.losses import IGNORE_INDEX, fused_linear_cross_entropy
     from pipeline.train.models import output_head
 
     nxt = batch["labels"][:, 1:]
-    mask = nxt != -100
+    mask = nxt != IGNORE_INDEX
     out = model(**model_inputs(batch), output_hidden_states=True, logits_to_keep=1)
     hidden = out.hidden_states[-1][:, :-1][mask]
     weight, bias = output_head(accelerator, model)
