@@ -145,3 +145,17 @@ def test_sigkill_mid_scoring_resumes_exactly_once(shared_data, tmp_path):
     lines = _rows(scored)
     assert Counter(r["scored_from"] for r in lines) == Counter(f"{inp}:{i}" for i in range(1, len(rows) + 1))
     assert all(r["correct"] for r in lines)
+
+
+def test_responses_to_builtin_code_sets_need_no_tests_field(shared_data, tmp_path):
+    he = _rows(shared_data / "humaneval.jsonl")[:2]
+    mb = [r for r in _rows(shared_data / "mbpp.jsonl") if r["split"] == "train"][:2]
+    rows = [{"benchmark": "humaneval", "problem_id": r["task_id"], "response": _wrap(r["canonical_solution"])} for r in he]
+    rows += [{"benchmark": "mbpp", "problem_id": r["task_id"], "response": _wrap(r["code"])} for r in mb]
+    rows.append({"benchmark": "mbpp", "problem_id": mb[0]["task_id"], "response": _wrap("def nothing():\n    pass")})
+    _score([_write(tmp_path / "resp.jsonl", rows)], tmp_path / "scored", "sandbox.timeout_s=10")
+    scored = _rows(tmp_path / "scored" / "scored.jsonl")
+    assert [s["correct"] for s in scored] == [True, True, True, True, False]
+    bad = _write(tmp_path / "bad.jsonl", [{"benchmark": "mbpp", "problem_id": 9999, "response": _wrap("x = 1")}])
+    proc = _score([bad], tmp_path / "scored_bad", check=False)
+    assert proc.returncode != 0 and "not a task of mbpp" in proc.stderr and "problem_id" in proc.stderr

@@ -265,10 +265,13 @@ def metrics_from_graded(records: Iterable[dict[str, Any]], pass_k: list[int], co
 def _score_pending(paths: list[Path]) -> Iterator[PendingSample]:
     """Pending samples from arbitrary response files: ``answer`` plus ``response`` or ``messages``."""
     seen_per_problem: dict[tuple[str, str], int] = {}
+    known_tests: dict[str, dict[str, Any]] = {}  # code set -> problem id -> tests (loaded on first use)
     for loc in iter_records(paths):
         rec = loc.record
         ans = rec.get("answer")
         tests = _tests_of(rec, loc)
+        if tests is None and rec.get("answer") is None:
+            tests = _known_code_tests(rec, loc, known_tests)
         if tests is None and (ans is None or (isinstance(ans, str) and not ans.strip())):
             raise RecordError(loc.path, loc.line, "missing or empty reference answer (or `tests` for code)",
                               field="answer")
@@ -298,6 +301,23 @@ def _score_pending(paths: list[Path]) -> Iterator[PendingSample]:
         problem = rec.get("problem") if isinstance(rec.get("problem"), str) else user_text(rec) or ""
         yield PendingSample(out["scored_from"], response, "" if ans is None else str(ans), out, choices_of(rec), tests,
                             problem)
+
+
+def _known_code_tests(rec: dict[str, Any], loc: Any, cache: dict[str, dict[str, Any]]) -> Any:
+    """Tests of a response to a built-in code set (``benchmark: humaneval`` or ``mbpp`` plus
+    ``problem_id`` = its ``task_id``), looked up in that set (every MBPP split); None otherwise."""
+    from pipeline.evaluate.benchmarks import canonical_name, load_problems
+
+    name = canonical_name(str(rec.get("benchmark") or ""))
+    if name not in ("humaneval", "mbpp") or rec.get("problem_id", rec.get("prompt_id")) is None:
+        return None
+    if name not in cache:
+        probs = load_problems({"name": name, "split_column": None})
+        cache[name] = {p.id: p.meta["tests"] for p in probs}
+    pid = str(rec.get("problem_id", rec.get("prompt_id")))
+    if pid not in cache[name]:
+        raise RecordError(loc.path, loc.line, f"{pid!r} is not a task of {name}", field="problem_id")
+    return cache[name][pid]
 
 
 def _tests_of(rec: dict[str, Any], loc: Any) -> Any:
