@@ -257,6 +257,15 @@ def test_disk_full_then_rerun_resumes_exactly(tmp_path, tmpfs, capsys, tiny_mode
     assert json.loads((out / "stats.json").read_text())["complete"] is True
 
 
+def test_sft_disk_full_is_one_line(tmp_path, tmpfs, capsys, tiny_model_dir):
+    """Weights are written by safetensors, which wraps the OSError in its own exception."""
+    fs = tmpfs(512)
+    cfg = _train_yaml(tmp_path, tiny_model_dir)
+    cfg.write_text(cfg.read_text().replace(f"output_dir: {tmp_path / 'run'}", f"output_dir: {fs / 'run'}"))
+    assert main(["sft", "--config", str(cfg)]) == 2
+    one_error_line(capsys, f"distill sft: error: {fs / 'run'}: cannot write (No space left on device)")
+
+
 # --------------------------------------------------------------------------- values and empty inputs (defect 9)
 
 @pytest.mark.parametrize("argv, key", [

@@ -197,10 +197,11 @@ def _make_loss_factory(cfg: KDConfig, info: dict):
 
 def run(cfg: KDConfig) -> dict:
     """Train the student by distillation; return the loop's summary plus the KD settings used."""
+    from pipeline.errors import storage_errors
     from pipeline.locking import launcher_output_lock
 
     _check_sources(cfg, teacher_needed=not _cache_ready(cfg))
-    with launcher_output_lock(cfg.output_dir, "distill kd"):
+    with launcher_output_lock(cfg.output_dir, "distill kd"), storage_errors(cfg.output_dir):
         return _train(cfg)
 
 
@@ -246,13 +247,14 @@ def _plot_parts(rows: list[dict], png: Path) -> None:
 
 def build_teacher_cache(cfg: KDConfig) -> dict:
     """``distill kd cache``: run the teacher once, store top-k log-probs per trained token."""
+    from pipeline.errors import storage_errors
     from pipeline.locking import launcher_output_lock
     from pipeline.train.kd_cache import build_cache
 
     if not cfg.teacher_cache:
         raise ConfigError("teacher_cache: required for `distill kd cache` (the folder to write)")
     _check_sources(cfg, teacher_needed=True)
-    with launcher_output_lock(cfg.teacher_cache, "distill kd cache"):
+    with launcher_output_lock(cfg.teacher_cache, "distill kd cache"), storage_errors(cfg.teacher_cache):
         return build_cache(cfg)
 
 

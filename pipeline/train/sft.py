@@ -73,12 +73,13 @@ def _make_loss(ctx) -> Any:
 
 def run(cfg: SFTConfig) -> dict:
     """Train; return the summary (final_loss, steps, trained_tokens, model_dir, ...)."""
+    from pipeline.errors import storage_errors
     from pipeline.locking import launcher_output_lock
     from pipeline.modelcheck import check_student
     from pipeline.train.loop import run_training
 
     check_student(cfg.model, cfg.tokenizer)
-    with launcher_output_lock(cfg.output_dir, "distill sft"):
+    with launcher_output_lock(cfg.output_dir, "distill sft"), storage_errors(cfg.output_dir):
         return run_training(cfg, _make_loss, stage="sft")
 
 
