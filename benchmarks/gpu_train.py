@@ -14,7 +14,9 @@ tokens, best-fit packing), bf16 autocast, AdamW (fused), one process:
 * ``unfused+sdpa``: the path before: logits of trained positions upcast in chunks, SDPA with the
   block-diagonal mask transformers builds from position ids (the baseline of the ratios);
 * ``fused+sdpa`` / ``unfused+varlen``: one change at a time, to attribute the gain;
-* ``trl``: TRL ``SFTTrainer`` on the same data, when ``trl`` is installed (skipped otherwise).
+* ``trl``: TRL ``SFTTrainer`` (packing, assistant-only loss, bf16, SDPA) on the same model and data,
+  when ``trl`` and ``datasets`` are installed (skipped otherwise); its throughput is packed rows x
+  ``max_seq_len`` over the median step time (a callback times the steps).
 
 Throughput is the median over steps after ``--warmup`` of (tokens in the step's packed rows) /
 (step time); MFU = 6 N tokens/s / peak (N = all parameters, ``--peak-tflops`` default 989 = H100/H200
@@ -61,6 +63,8 @@ PLAN = [
     ("0.5b fused+sdpa", "0.5b", 8, False, True, "sdpa", {"liger": False}),
     ("0.5b unfused+varlen", "0.5b", 8, False, False, "auto", {"liger": False}),
     ("0.5b ours+compile", "0.5b", 8, False, True, "auto", {"liger": False, "compile": True}),
+    ("0.5b trl", "0.5b", 8, False, False, "sdpa", {"trl": True}),
+    ("1.5b trl ckpt", "1.5b", 8, True, False, "sdpa", {"trl": True}),
 ]
 
 
@@ -109,10 +113,44 @@ def step_stats(metrics: Path, warmup: int) -> dict:
             "final_loss": rows[-1]["loss"]}
 
 
-def run_one(args, name: str, shape: str, mb: int, ckpt: bool, fused: bool, attn: str, extra: dict,
-            model_dir: Path, data: Path, n_params: int, work: Path) -> dict:
+def run_trl(args, name: str, mb: int, ckpt: bool, model_dir: Path, data: Path, work: Path) -> list[float]:
+    """TRL ``SFTTrainer`` (packing, assistant-only loss, bf16) on the same model and data: the
+    step times after warm-up, measured with a callback (``trained tokens/s`` from the packed rows)."""
+    import datasets
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig as TRLConfig
+    from trl import SFTTrainer
 
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_step_end(self, *a, **k):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter())
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    rows = [json.loads(x) for x in data.read_text().splitlines() if x.strip()]
+    ds = datasets.Dataset.from_list([{"messages": r["messages"]} for r in rows])
+    cfg = TRLConfig(output_dir=str(work / name.replace(" ", "_")), max_length=args.seq_len, packing=True,
+                    assistant_only_loss=True, per_device_train_batch_size=mb, gradient_accumulation_steps=1,
+                    max_steps=args.warmup + args.steps, learning_rate=1e-5, logging_steps=10_000,
+                    save_strategy="no", report_to=[], bf16=dtype == torch.bfloat16, use_cpu=not torch.cuda.is_available(),
+                    gradient_checkpointing=ckpt, dataloader_num_workers=0, seed=0, disable_tqdm=True)
+    clock = Clock()
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[clock])
+    clock.times.append(time.perf_counter())
+    trainer.train()
+    return [b - a for a, b in zip(clock.times[:-1], clock.times[1:])][args.warmup:]
+
+
+def run_ours(args, name: str, mb: int, ckpt: bool, fused: bool, attn: str, extra: dict, model_dir: Path,
+             data: Path, work: Path) -> dict:
+    """The product's own ``distill sft`` run; its per-step log gives trained tokens/s."""
     from pipeline.train.sft import SFTConfig, run
 
     cfg = SFTConfig(model=str(model_dir), data=[str(data)], output_dir=str(work / name.replace(" ", "_")),
@@ -120,28 +158,40 @@ def run_one(args, name: str, shape: str, mb: int, ckpt: bool, fused: bool, attn:
                     max_steps=args.warmup + args.steps, lr=1e-5, warmup_ratio=0.0, dtype=args.dtype,
                     attn_implementation=attn, fused_loss=fused, gradient_checkpointing=ckpt, log_every=1,
                     progress=False, data_workers=args.data_workers, seed=0, **extra)
+    summary = run(cfg)
+    return {"fused_loss": fused, "attn_requested": attn, "attn_implementation": summary["attn_implementation"],
+            "tokens_per_s": step_stats(work / name.replace(" ", "_") / "metrics.jsonl", args.warmup)
+            ["trained_tokens_per_s"] * args.computed_per_trained}
+
+
+def run_one(args, name: str, shape: str, mb: int, ckpt: bool, fused: bool, attn: str, extra: dict,
+            model_dir: Path, data: Path, n_params: int, work: Path) -> dict:
+    """One contender: tokens/s, MFU (6N and with attention), peak memory; OOM and errors recorded."""
+    import torch
+
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     try:
-        summary = run(cfg)
+        if extra.get("trl"):
+            times = run_trl(args, name, mb, ckpt, model_dir, data, work)
+            got = {"attn_implementation": "sdpa (TRL)", "tokens_per_s": mb * args.seq_len / statistics.median(times)}
+        else:
+            got = run_ours(args, name, mb, ckpt, fused, attn, extra, model_dir, data, work)
+    except ImportError as exc:
+        return {"name": name, "status": "skipped", "error": f"not installed: {exc.name}"}
     except torch.OutOfMemoryError as exc:
         return {"name": name, "status": "OOM", "error": str(exc).splitlines()[0][:200]}
     except Exception as exc:  # noqa: BLE001 - one contender failing must not lose the others' figures
         return {"name": name, "status": "error", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     finally:
         gc.collect()
-    out = {"name": name, "status": "ok", "shape": shape, "micro_batch": mb, "grad_checkpointing": ckpt, **extra,
-           "fused_loss": fused, "attn_requested": attn, "attn_implementation": summary["attn_implementation"],
-           "params": n_params, "wall_s": round(time.perf_counter() - t0, 1),
-           **step_stats(work / name.replace(" ", "_") / "metrics.jsonl", args.warmup)}
-    # tokens computed per trained token (prompt + padding positions cost compute too)
-    out["computed_per_trained"] = args.computed_per_trained
-    tok_s = out["trained_tokens_per_s"] * args.computed_per_trained
-    out["tokens_per_s"] = tok_s
-    out["mfu_6n"] = 6 * n_params * tok_s / (args.peak_tflops * 1e12)
+    tok_s = got["tokens_per_s"]  # computed positions per second (prompt and padding cost compute too)
     L, d = SHAPES[shape]["num_layers"], SHAPES[shape]["hidden_size"]
-    out["mfu_with_attention"] = (6 * n_params + 6 * L * d * args.mean_doc_context) * tok_s / (args.peak_tflops * 1e12)
+    out = {"name": name, "status": "ok", "shape": shape, "micro_batch": mb, "grad_checkpointing": ckpt, **extra,
+           **got, "params": n_params, "wall_s": round(time.perf_counter() - t0, 1),
+           "mfu_6n": 6 * n_params * tok_s / (args.peak_tflops * 1e12),
+           "mfu_with_attention": (6 * n_params + 6 * L * d * args.mean_doc_context) * tok_s / (args.peak_tflops * 1e12)}
     if torch.cuda.is_available():
         out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         torch.cuda.empty_cache()
@@ -225,8 +275,8 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     plan = PLAN
     if args.tiny:
-        plan = [(n.replace("0.5b", "tiny"), "tiny", 2, c, f, a, {**x, "liger": False}) for n, s, _, c, f, a, x in PLAN
-                if s == "0.5b"]
+        plan = [(n.replace("0.5b", "tiny"), "tiny", 2, c, f, a, x if x.get("trl") else {**x, "liger": False})
+                for n, s, _, c, f, a, x in PLAN if s == "0.5b"]
         args.seq_len, args.dtype, args.steps, args.warmup, args.data_workers = 256, "fp32", 2, 1, 1
     plan = [p for p in plan if (not args.only or p[1] in args.only) and (not args.contenders or p[0] in args.contenders)]
     work = Path(tempfile.mkdtemp(prefix="gpu_train_"))
