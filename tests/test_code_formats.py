@@ -111,3 +111,11 @@ def test_mbpp_setup_and_program_missing(sandbox):
 def test_build_job_for_each_format():
     spec = parse_tests({"format": "mbpp", "asserts": ["assert f() == 1"]})
     assert build_job(spec, "def f():\n    return 1\n")["kind"] == "asserts"
+
+
+def test_stdio_input_larger_than_the_output_cap(tmp_path):
+    with Sandbox(SandboxConfig(timeout_s=10.0, max_output_kb=64)) as sb:
+        big = "1\n" * (1 << 20)  # 2 MiB of input, 64 KiB output cap
+        tests = {"format": "stdio", "cases": [{"input": big, "output": str(1 << 20)}]}
+        out = verify(_answer("import sys\nprint(sum(map(int, sys.stdin.read().split())))"), tests, sb)
+        assert out.ok, out.summary()

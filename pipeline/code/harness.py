@@ -81,10 +81,16 @@ def _redirect_out(path):
     sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
 
 
-def _redirect_in(data):
-    with open("stdin.txt", "w", encoding="utf-8") as fh:
-        fh.write(data)
-    _point(0, "stdin.txt", os.O_RDONLY)
+def _write_inputs(job):
+    """Each stdio case's input as a file, before the limits: the file-size cap is for the program's
+    output, and a test input may be larger (CodeContests has multi-MB inputs)."""
+    for i, case in enumerate(job.get("cases") or []):
+        with open(f"stdin_{i}.txt", "w", encoding="utf-8") as fh:
+            fh.write(case["input"])
+
+
+def _redirect_in(i):
+    _point(0, f"stdin_{i}.txt", os.O_RDONLY)
     sys.stdin = open(0, "r", encoding="utf-8", closefd=False)
 
 
@@ -183,7 +189,7 @@ def run_stdio(job):
         return dict(zip(("status", "detail"), _classify(exc, "while compiling the program")), test=None)
     for i, case in enumerate(job["cases"]):
         _emit("start", i)
-        _redirect_in(case["input"])
+        _redirect_in(i)
         _redirect_out("stdout.txt")
         try:
             try:
@@ -260,6 +266,8 @@ def main():
     os.set_inheritable(_RES_FD, False)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
+    if job["kind"] == "stdio":
+        _write_inputs(job)
     _limits(job.get("limits") or {})
     # numeric libraries start one thread per core at import: on a 64-core machine that alone passes
     # the process cap; one thread each (the environment is otherwise empty).
