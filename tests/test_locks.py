@@ -97,3 +97,18 @@ def test_a_second_writer_is_refused_in_one_line(stage, tmp_path, held, capsys):
     assert len(err.splitlines()) == 1, err
     assert f"distill {stage.split()[0]}: error: {locked}: another distill {stage}" in err
     assert str(lock_path(locked)) in err
+
+
+def test_only_the_main_rank_of_a_launch_takes_the_lock(tmp_path, held, monkeypatch):
+    """Under ``accelerate launch``/``torchrun`` every rank runs the stage on one folder: rank 0 holds the lock."""
+    from pipeline.errors import OutputBusy
+    from pipeline.locking import launcher_output_lock
+
+    out = held(tmp_path / "run")
+    monkeypatch.setenv("RANK", "1")
+    with launcher_output_lock(out, "distill sft"):
+        pass
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(OutputBusy, match="another distill sft"):
+        with launcher_output_lock(out, "distill sft"):
+            pass
