@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from typing import Any
 from pipeline.choices import LETTERS, format_options, letter_of
 from pipeline.records import RecordError
 
-__all__ = ["MCQuestion", "GPQA_COLUMNS", "balanced_positions", "read_questions", "to_problem_text",
+__all__ = ["MCQuestion", "GPQA_COLUMNS", "balanced_positions", "file_rows", "read_questions", "to_problem_text",
            "write_prompt_file"]
 
 GPQA_COLUMNS = ("Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
@@ -54,6 +54,20 @@ class MCQuestion:
 
 def to_problem_text(question: str, choices: Iterable[str]) -> str:
     return f"{question.strip()}\n\n{format_options(list(choices))}"
+
+
+def file_rows(path: str, split_column: str | None = None, split: str | None = None
+              ) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """``(source, line, row)`` of a CSV (the GPQA release) or JSONL/JSON/Parquet file; with
+    ``split_column``, only the rows whose value there equals ``split``."""
+    from pipeline.prompts import _iter_csv
+    from pipeline.records import iter_records
+
+    locs = _iter_csv(Path(path)) if str(path).endswith(".csv") else iter_records(path)
+    for loc in locs:
+        if split_column and str(loc.record.get(split_column)) != split:
+            continue
+        yield loc.path, loc.line, loc.record
 
 
 def balanced_positions(n: int, k: int, seed: int) -> list[int]:
@@ -156,8 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m pipeline.mc_sets --layout gpqa --input gpqa_main.csv --output prompts.jsonl``."""
     import argparse
 
-    from pipeline.evaluate.benchmarks import BenchmarkSpec, _rows
-
     ap = argparse.ArgumentParser(prog="python -m pipeline.mc_sets", description=main.__doc__)
     ap.add_argument("--input", required=True, help="CSV/JSONL/JSON/Parquet file of questions")
     ap.add_argument("--output", required=True, help="prompt file to write (JSONL)")
@@ -171,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the balanced option shuffle")
     ap.add_argument("--limit", type=int, default=None)
     a = ap.parse_args(argv)
-    spec = BenchmarkSpec(name="mc", path=a.input, split=a.split or "test", split_column="split" if a.split else None)
-    qs = read_questions(_rows(spec), a.layout, question_column=a.question_column, choices_column=a.choices_column,
+    qs = read_questions(file_rows(a.input, "split" if a.split else None, a.split), a.layout, question_column=a.question_column, choices_column=a.choices_column,
                         answer_column=a.answer_column, shuffle=not a.no_shuffle, seed=a.seed, limit=a.limit,
                         id_column=a.id_column or ("Record ID" if a.layout == "gpqa" else None))
     n = write_prompt_file(qs, a.output)

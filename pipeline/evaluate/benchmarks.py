@@ -211,16 +211,9 @@ def _rows(spec: BenchmarkSpec):
         for i, row in enumerate(ds, start=1):
             yield f"hf:{name}[{spec.split}]", i, row
         return
-    if spec.path.endswith(".csv"):  # the GPQA release is CSV
-        from pipeline.prompts import _iter_csv
+    from pipeline.mc_sets import file_rows
 
-        locs = _iter_csv(Path(spec.path))
-    else:
-        locs = iter_records(spec.path)
-    for loc in locs:
-        if spec.split_column and str(loc.record.get(spec.split_column)) != spec.split:
-            continue
-        yield loc.path, loc.line, loc.record
+    yield from file_rows(spec.path, spec.split_column, spec.split)
 
 
 def _load_choices(spec: BenchmarkSpec) -> list[Problem]:
