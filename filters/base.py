@@ -61,6 +61,7 @@ class Parsed:
     finish_reason: str | None
     reference: str | None
     completion_tokens: int | None  # the record's own num_tokens.completion when present
+    kind: str = "reasoning"  # the record's `kind`: reasoning, or non_reasoning (an empty think block by design)
     notes: dict[str, str] = field(default_factory=dict)
     _cache: dict[str, Any] = field(default_factory=dict)
 
@@ -96,10 +97,12 @@ def parse(record: dict[str, Any]) -> Parsed:
     nt = record.get("num_tokens")
     comp = nt.get("completion") if isinstance(nt, dict) else None
     fr = record.get("finish_reason")
+    kind = "non_reasoning" if record.get("kind") == "non_reasoning" else "reasoning"
     return Parsed(record=record, prompt=prompt, response=response, domain=domain, reasoning=reasoning,
                   answer=answer, n_open=n_open, n_close=n_close, opens_first=response.lstrip().startswith(THINK_OPEN),
                   finish_reason=fr if isinstance(fr, str) else None, reference=reference,
-                  completion_tokens=comp if isinstance(comp, int) and not isinstance(comp, bool) and comp >= 0 else None)
+                  completion_tokens=comp if isinstance(comp, int) and not isinstance(comp, bool) and comp >= 0 else None,
+                  kind=kind)
 
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")

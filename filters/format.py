@@ -2,7 +2,8 @@
 
 Rejects unless all hold:
 * exactly one ``<think>`` and one ``</think>``, the response opens with ``<think>`` and closes it;
-* the reasoning inside is non-empty (after whitespace);
+* the reasoning inside is non-empty (after whitespace), except for ``kind: non_reasoning`` records,
+  whose think block must be empty (``<think>\n\n</think>``: the student learns when not to think);
 * a non-empty final answer follows ``</think>``;
 * for the domains in ``answer_domains`` (default math), a final answer can be extracted from it
   (the last ``\\boxed{}`` or an explicit "the answer is X"), using the shared grader's extractor so
@@ -35,7 +36,10 @@ class FormatRule(Rule):
             return "response does not open with <think>"
         if p.reasoning is None:
             return "</think> comes before <think>"
-        if not p.reasoning.strip():
+        if p.kind == "non_reasoning":
+            if p.reasoning.strip():
+                return "non_reasoning sample has reasoning in its think block (expected <think>\\n\\n</think>)"
+        elif not p.reasoning.strip():
             return "empty reasoning"
         if not p.answer.strip():
             return "no final answer after </think>"

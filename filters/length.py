@@ -8,7 +8,9 @@ estimate.
 Defaults: ``min_reasoning_tokens`` 5 (an empty or one-phrase "reasoning" is a format failure in
 disguise; short demo traces of ~100 tokens must pass), ``max_completion_tokens`` 32768 (R1's
 generation limit; longer traces do not fit a 32K SFT context). Raise ``min_completion_tokens`` for
-R1-scale corpora if you want to drop trivially short answers.
+R1-scale corpora if you want to drop trivially short answers. ``kind: non_reasoning`` records
+(an empty think block by design) have their own completion limits (``non_reasoning``: 1 to 4096
+tokens) and no reasoning minimum.
 """
 
 from __future__ import annotations
@@ -22,12 +24,22 @@ from pipeline.config import NonNegativeInt, PositiveInt, Section
 from filters.base import Parsed, Rule, estimate_tokens
 
 
+class NonReasoningLength(Section):
+    """Limits for ``kind: non_reasoning`` records (writing, factual QA, translation, self-cognition):
+    a direct answer is short, so one over ``max_completion_tokens`` (4096) is a disguised reasoning
+    trace or a loop; one under ``min_completion_tokens`` (1) is empty. No reasoning minimum."""
+
+    min_completion_tokens: NonNegativeInt = 1
+    max_completion_tokens: PositiveInt = 4096
+
+
 class LengthConfig(Section):
     enabled: bool = True
     min_reasoning_tokens: NonNegativeInt = 5
     min_completion_tokens: NonNegativeInt = 0
     max_completion_tokens: PositiveInt = 32768
     tokenizer: str | None = None
+    non_reasoning: NonReasoningLength = NonReasoningLength()
 
     @model_validator(mode="after")
     def _min_below_max(self) -> LengthConfig:
@@ -55,12 +67,16 @@ class LengthRule(Rule):
 
     def check(self, p: Parsed) -> str | None:
         c = self.cfg
+        lo, hi, what = c.min_completion_tokens, c.max_completion_tokens, "completion"
+        if p.kind == "non_reasoning":
+            n = c.non_reasoning
+            lo, hi, what = n.min_completion_tokens, n.max_completion_tokens, "non_reasoning completion"
         completion = p.completion_tokens if p.completion_tokens is not None else self.count(p.response)
-        if completion > c.max_completion_tokens:
-            return f"completion {completion} tokens > {c.max_completion_tokens}"
-        if completion < c.min_completion_tokens:
-            return f"completion {completion} tokens < {c.min_completion_tokens}"
-        if c.min_reasoning_tokens > 0:
+        if completion > hi:
+            return f"{what} {completion} tokens > {hi}"
+        if completion < lo:
+            return f"{what} {completion} tokens < {lo}"
+        if c.min_reasoning_tokens > 0 and p.kind == "reasoning":
             reasoning = self.count(p.reasoning_text.strip())
             if reasoning < c.min_reasoning_tokens:
                 return f"reasoning {reasoning} tokens < {c.min_reasoning_tokens}"

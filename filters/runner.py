@@ -434,6 +434,7 @@ class _Run:
         report = self.tally.to_dict()
         report.update(fingerprint=self.state["fingerprint"], output_dir=str(self.out),
                       inputs=[str(f) for f in self.files], decontam_benchmarks=self.benchmarks,
+                      config=self.cfg.model_dump(mode="json"),  # for the dataset card (`distill mix`)
                       run={"seconds": round(seconds, 2),
                            "records_per_s": round(self.tally.input / seconds, 1) if seconds else 0.0,
                            "workers": self.cfg.workers or os.cpu_count()})

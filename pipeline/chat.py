@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-__all__ = ["THINK_OPEN", "THINK_CLOSE", "CHATML_TEMPLATE", "render_generation_prompt", "template_keeps_think",
-           "training_template", "with_forced_think", "split_think"]
+__all__ = ["THINK_OPEN", "THINK_CLOSE", "EMPTY_THINK", "CHATML_TEMPLATE", "render_generation_prompt",
+           "template_keeps_think", "training_template", "with_forced_think", "split_think"]
 
 log = logging.getLogger(__name__)
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"  # the R1 reasoning tags; every module imports them from here
+EMPTY_THINK = "<think>\n\n</think>\n\n"  # a non-reasoning answer's opener (kept in the record)
 
 # ChatML, as Qwen2 ships it, with the ``add_generation_prompt`` turn opener. Keeps the assistant
 # content verbatim (including ``<think>`` blocks); the ``{% generation %}`` markers let
@@ -34,8 +35,12 @@ CHATML_TEMPLATE = (
 )
 
 
-def render_generation_prompt(tokenizer: Any, messages: list[dict[str, str]], force_think: bool = True) -> tuple[str, str]:
+def render_generation_prompt(tokenizer: Any, messages: list[dict[str, str]], force_think: bool = True,
+                             no_think: bool = False) -> tuple[str, str]:
     """Return ``(prompt_text, forced_prefix)``.
+
+    ``no_think`` (non-reasoning samples) prefills the empty block ``<think>\\n\\n</think>\\n\\n`` instead,
+    replacing a ``<think>`` the template opened itself, so the teacher answers directly.
 
     ``forced_prefix`` is the part of the assistant response that lives in the prompt (``"<think>\\n"``
     or ``""``); the generated completion must be prefixed with it to give the whole response.
@@ -47,6 +52,9 @@ def render_generation_prompt(tokenizer: Any, messages: list[dict[str, str]], for
 
         text = Template(CHATML_TEMPLATE).render(messages=messages, add_generation_prompt=True)
     stripped = text.rstrip()
+    if no_think:
+        base = stripped[:-len(THINK_OPEN)] if stripped.endswith(THINK_OPEN) else text
+        return base + EMPTY_THINK, EMPTY_THINK
     if stripped.endswith(THINK_OPEN):
         # The template opened the think block itself: that text is part of the response.
         return text, text[len(stripped) - len(THINK_OPEN):]

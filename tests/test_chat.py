@@ -46,6 +46,16 @@ def test_template_that_opens_think_itself_is_not_doubled(tok):
     assert prefix == "<think>\n"
 
 
+def test_non_reasoning_prefills_the_empty_think_block(tok):
+    msgs = [{"role": "user", "content": "Who wrote Hamlet?"}]
+    text, prefix = render_generation_prompt(tok, msgs, force_think=True, no_think=True)
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n") and prefix == "<think>\n\n</think>\n\n"
+    tok.chat_template = R1_DISTILL_LIKE  # a template that opens <think> itself: closed right away, not doubled
+    text, prefix = render_generation_prompt(tok, msgs, no_think=True)
+    assert text.endswith("<｜Assistant｜><think>\n\n</think>\n\n") and text.count("<think>") == 1
+    assert with_forced_think(prefix, "Shakespeare.") == "<think>\n\n</think>\n\nShakespeare."
+
+
 def test_reasoning_stripping_template_is_detected(tok):
     assert template_keeps_think(tok)
     assert training_template(tok) == tok.chat_template

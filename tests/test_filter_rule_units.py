@@ -161,3 +161,26 @@ def test_the_table_refuses_a_misordered_or_duplicate_rule(monkeypatch):
     monkeypatch.setattr(registry, "RULES", (FormatRule, FormatRule))
     with pytest.raises(TypeError, match="is taken"):
         registry._check_table()
+
+
+NO_THINK = "<think>\n\n</think>\n\nParis is the capital of France."
+
+
+def test_format_non_reasoning_keeps_the_empty_think_block():
+    rule = FormatRule(FormatConfig())
+    general = {"kind": "non_reasoning", "domain": "general"}
+    assert rule.check(parsed(NO_THINK, "What is the capital of France?", **general)) is None
+    assert rule.check(parsed(NO_THINK, domain="general")) == "empty reasoning"  # a reasoning sample may not
+    assert rule.check(parsed(GOOD, **general)) == \
+        "non_reasoning sample has reasoning in its think block (expected <think>\\n\\n</think>)"
+    assert rule.check(parsed("Paris.", **general)) == "expected one <think> and one </think>, found 0 and 0"
+
+
+def test_length_limits_per_kind():
+    rule = LengthRule(LengthConfig())
+    nr = {"kind": "non_reasoning", "domain": "general"}
+    assert rule.check(parsed(NO_THINK, **nr)) is None  # no reasoning minimum for a non-reasoning sample
+    assert rule.check(parsed(NO_THINK, num_tokens={"completion": 4097}, **nr)) == \
+        "non_reasoning completion 4097 tokens > 4096"
+    assert rule.check(parsed(num_tokens={"completion": 4097})) is None  # a reasoning trace may be long
+    assert rule.check(parsed(NO_THINK, num_tokens={"completion": 0}, **nr)) == "non_reasoning completion 0 tokens < 1"

@@ -62,8 +62,9 @@ def test_records_follow_the_schema_and_load_in_datasets(tmp_path, tiny_model_dir
     assert len(rows) == 16 and stats["samples"] == 16 and stats["complete"] and stats["prompts"] == 8
     assert Counter(r["prompt_id"] for r in rows) == Counter({r["prompt_id"]: 2 for r in rows})
     first = rows[0]
-    assert list(first) == ["id", "prompt_id", "sample_index", "domain", "messages", "answer", "finish_reason",
+    assert list(first) == ["id", "prompt_id", "sample_index", "domain", "kind", "messages", "answer", "finish_reason",
                            "num_tokens", "teacher", "sampling", "meta"]
+    assert {r["kind"] for r in rows} == {"reasoning"}
     assert first["messages"][0] == {"role": "user", "content": PROBLEMS[0] + "\nPlease reason step by step, and put "
                                     "your final answer within \\boxed{}."}
     assert first["messages"][1]["role"] == "assistant"
@@ -87,6 +88,27 @@ def test_records_follow_the_schema_and_load_in_datasets(tmp_path, tiny_model_dir
     # A rerun of a finished shard generates nothing and needs no engine.
     again = run(_cfg(tiny_model_dir, _prompts(tmp_path), out))
     assert again["this_run"]["samples"] == 0 and _keys(shard) == [(r["prompt_id"], r["sample_index"]) for r in rows]
+
+
+def test_non_reasoning_samples_keep_the_empty_think_block(tmp_path, tiny_model_dir, backend):
+    from filters.base import parse
+    from filters.format import FormatConfig, FormatRule
+
+    path = tmp_path / "general.jsonl"
+    questions = ["Translate 'good morning' into French.", "Write a haiku about rain.", "Who wrote Hamlet?"]
+    path.write_text("".join(json.dumps({"problem": q}) + "\n" for q in questions), encoding="utf-8")
+    out = tmp_path / "gen"
+    run(_cfg(tiny_model_dir, path, out, kind="non_reasoning", **{"input.default_domain": "general"}), backend=backend)
+    rows = read_jsonl(out / "shard-00000-of-00001.jsonl")
+    assert len(rows) == 6 and {(r["kind"], r["domain"]) for r in rows} == {("non_reasoning", "general")}
+    assert rows[0]["messages"][0]["content"] == (f"{questions[0]}\n\nAnswer directly, without a step-by-step "
+                                                 "reasoning process.")
+    assert all(r["messages"][1]["content"].startswith("<think>\n\n</think>\n\n") for r in rows)
+    answered = [r for r in rows if r["messages"][1]["content"][len("<think>\n\n</think>\n\n"):].strip()
+                and r["messages"][1]["content"].count("think>") == 2]
+    assert answered and all(FormatRule(FormatConfig()).check(parse(r)) is None for r in answered)
+    with pytest.raises(ConfigError, match="kind"):  # a folder of one kind is not resumed as the other
+        run(_cfg(tiny_model_dir, path, out, **{"input.default_domain": "general"}), backend=backend)
 
 
 def test_more_samples_later_generates_only_the_missing_ones(tmp_path, tiny_model_dir, backend):

@@ -46,7 +46,9 @@ def filter_report(n: int, hits: int) -> dict:
             "rules": {"format": {"checked": n + 10 + hits, "rejected": 10, "first_failed": 10},
                       "contaminated": {"checked": n + hits, "rejected": hits, "first_failed": hits,
                                        "benchmark_hits": {"math500": hits}}},
-            "config": {"decontam": {"n": 13, "benchmarks": ["../shared/data/math500.jsonl"]}},
+            "config": {"decontam": {"n": 13, "benchmarks": ["math500"]}},
+            "decontam_benchmarks": [{"name": "math500", "location": "/data/math500.jsonl", "sha256": "ab" * 32,
+                                     "sha256_of": "file", "problems": 500}],
             "command": "distill filter --config configs/filter/r1.yaml --inputs runs/gen-math --output runs/f-math",
             "inputs": []}
 
@@ -137,7 +139,7 @@ def test_mix_quotas_dedup_split_card_and_datasets_load(tmp_path, sources):
     assert head["configs"][0]["data_files"][0] == {"split": "train", "path": "data/train-*.parquet"}
     assert head["dataset_info"]["splits"][0] == {"name": "train", "num_bytes": head["dataset_info"]["splits"][0]["num_bytes"],
                                                 "num_examples": 252}
-    assert "math500 for shared 13-word spans; 3 of" in card and "-10 format" in card
+    assert "math500 (500 problems, sha256 abababababab) for shared 13-word spans; 3 of" in card and "-10 format" in card
     assert "distill filter --config configs/filter/r1.yaml" in card and "distill mix --config mix_config.yaml" in card
     assert (out / "lengths_reasoning.png").stat().st_size > 0 and (out / "lengths_non_reasoning.png").is_file()
     with pytest.raises(RecordError, match="no 'test' split"):

@@ -12,7 +12,7 @@ from pipeline.prompts import PromptSourceConfig
 __all__ = ["SamplingConfig", "VLLMConfig", "OpenAIConfig", "TransformersConfig", "GenerateConfig",
            "DEFAULT_TEMPLATES"]
 
-DEFAULT_TEMPLATES = {"math": "math", "code": "code", "science": "science"}
+DEFAULT_TEMPLATES = {"math": "math", "code": "code", "science": "science", "general": "general"}
 
 
 class SamplingConfig(Section):
@@ -79,6 +79,9 @@ class GenerateConfig(StageConfig):
     template: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_TEMPLATES),
                                      description="domain -> template name (prompts/<name>.txt) or file path")
     force_think: bool = Field(True, description="start every response with '<think>\\n' (DeepSeek-R1 model card)")
+    kind: Literal["reasoning", "non_reasoning"] = Field("reasoning", description="reasoning: the teacher thinks in "
+                                                        "<think>; non_reasoning (writing, QA, translation): the empty "
+                                                        "block <think>\\n\\n</think> is prefilled and kept in the record")
     system_prompt: str | None = Field(None, description="optional system turn (R1 advises none)")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="sampling parameters")
     output_dir: str = Field("runs/generate", description="folder for shards, stats.json, lengths.png")

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.chat import THINK_OPEN, render_generation_prompt, with_forced_think
+from pipeline.chat import EMPTY_THINK, THINK_OPEN, render_generation_prompt, with_forced_think
 from pipeline.config import ConfigError
 from pipeline.generate.backends.base import Backend, Completion, PromptInput
 from pipeline.generate.config import GenerateConfig
@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 MANIFEST = "config.yaml"
 SHARD_RE = re.compile(r"^\.?shard-(\d{5})-of-(\d{5})\.(jsonl|parquet)$")
 # Settings that change what a sample is: resuming a folder with different values would mix corpora.
-PINNED = ("model", "revision", "template", "force_think", "system_prompt", "sampling.temperature", "sampling.top_p",
-          "sampling.max_tokens", "sampling.seed")
+PINNED = ("model", "revision", "template", "force_think", "kind", "system_prompt", "sampling.temperature",
+          "sampling.top_p", "sampling.max_tokens", "sampling.seed")
 
 
 def prompt_seed(base_seed: int, prompt_id: str) -> int:
@@ -96,6 +96,7 @@ def check_output_dir(cfg: GenerateConfig) -> None:
     current = cfg.model_dump(mode="json")
     if manifest.is_file():
         saved = yaml.safe_load(manifest.read_text(encoding="utf-8")) or {}
+        saved.setdefault("kind", "reasoning")  # folders written before sample kinds existed
         for key in PINNED:
             if _get(saved, key) != _get(current, key):
                 raise ConfigError(f"{manifest}: {key}: this folder was generated with {_get(saved, key)!r}, this run "
@@ -114,11 +115,14 @@ def make_record(cfg: GenerateConfig, prompt: Prompt, messages: list[dict[str, st
                 prefix: str, completion: Completion) -> dict[str, Any]:
     """One line of the output (fixed schema: every key always present, stable types)."""
     response = with_forced_think(prefix, completion.text)
+    if cfg.kind == "non_reasoning" and not response.lstrip().startswith(THINK_OPEN):
+        response = EMPTY_THINK + response  # a server that renders the prompt itself: keep the empty block
     return {
         "id": f"{prompt.id}-{sample_index}",
         "prompt_id": prompt.id,
         "sample_index": sample_index,
         "domain": prompt.domain,
+        "kind": cfg.kind,
         "messages": messages + [{"role": "assistant", "content": response}],
         "answer": prompt.answer,
         "finish_reason": completion.finish_reason,
@@ -129,6 +133,15 @@ def make_record(cfg: GenerateConfig, prompt: Prompt, messages: list[dict[str, st
                      "seed": cfg.sampling.seed},
         "meta": dict(prompt.meta),
     }
+
+
+def _server_prefix(cfg: GenerateConfig) -> str:
+    """The assistant prefix sent to a server that renders the prompt (only when it accepts a prefill)."""
+    if not cfg.openai.prefill_think:
+        return ""
+    if cfg.kind == "non_reasoning":
+        return EMPTY_THINK
+    return THINK_OPEN + "\n" if cfg.force_think else ""
 
 
 def _templates(cfg: GenerateConfig) -> dict[str, str]:
@@ -259,10 +272,11 @@ def _run_shard(cfg: GenerateConfig, prompt_set: PromptSet, templates: dict[str, 
                     for p, ks in batch:
                         msgs = _messages(cfg, templates, p)
                         if backend.tokenizer is not None:
-                            text, prefix = render_generation_prompt(backend.tokenizer, msgs, cfg.force_think)
+                            text, prefix = render_generation_prompt(backend.tokenizer, msgs, cfg.force_think,
+                                                                    no_think=cfg.kind == "non_reasoning")
                         else:  # the server renders; a forced opener only exists when it is prefilled
                             text = ""
-                            prefix = THINK_OPEN + "\n" if cfg.force_think and cfg.openai.prefill_think else ""
+                            prefix = _server_prefix(cfg)
                         inputs.append(PromptInput(messages=msgs, text=text, forced_prefix=prefix,
                                                   seed=prompt_seed(cfg.sampling.seed, p.id), sample_indices=ks))
                         convs.append(msgs)

@@ -93,7 +93,9 @@ def _decontam(cfg: MixConfig, reports: dict[str, dict[str, Any] | None]) -> list
             lines.append(f"- **{s.name}**: not decontaminated by `distill filter` (no `contaminated` rule in its report).")
             continue
         dc = ((rep or {}).get("config") or {}).get("decontam") or {}
-        benches = ", ".join(Path(b).stem for b in dc.get("benchmarks", [])) or "(benchmark list not recorded)"
+        named = [f"{b['name']} ({b.get('problems', '?')} problems, sha256 {str(b.get('sha256', ''))[:12]})"
+                 for b in (rep or {}).get("decontam_benchmarks") or []]
+        benches = ", ".join(named or [Path(b).stem for b in dc.get("benchmarks", [])]) or "(benchmarks not recorded)"
         n = dc.get("n", "?")
         hits = ", ".join(f"{k} {v}" for k, v in (rule.get("benchmark_hits") or {}).items()) or "none"
         lines.append(f"- **{s.name}**: prompts checked against {benches} for shared {n}-word spans; "
