@@ -125,8 +125,9 @@ def write_card(cfg: MixConfig, summary: dict[str, Any], shards: list[dict[str, A
         lines.append(f"| {name} | {s['input']} | {s['exact_duplicates']} | {s['near_duplicates']} | {s['available']} | "
                      f"{s['quota']} | {s['selected']} |")
     nd = cfg.near_dedup
-    lines += ["", f"Exact duplicates: same normalised prompt + response. Near duplicates: MinHash ({nd.num_perm} "
-              f"permutations, {nd.shingle_words}-word shingles over the prompt and the response's first "
+    lines += ["", "Exact duplicates: the same prompt and response (copies that differ only in case or "
+              "whitespace have equal MinHash signatures and go as near duplicates). Near duplicates: "
+              f"one-permutation MinHash ({nd.num_perm} bins, {nd.shingle_words}-word shingles over the prompt and the response's first "
               f"{nd.window_words} words), estimated Jaccard >= {nd.threshold}" + ("" if nd.enabled else " (off)")
               + ". The copy from the earlier source in the mix order is kept.", "",
               "## Completion lengths", ""] + [f"![{p}]({p})" for p in pngs] + [""]

@@ -1,6 +1,6 @@
 """Duplicates across sources, on pass-1 arrays (no records in memory).
 
-* exact: equal :meth:`filters.dedup.DedupRule.signature` digests (normalised prompt + response); the first
+* exact: equal digests of prompt + response (:mod:`pipeline.mix.scan`); the first
   record in priority order (source order in the config, then file and line order) is kept.
 * near: MinHash LSH over one-permutation signatures (:mod:`pipeline.mix.minhash`). Each of ``bands`` bands of the signature is hashed to 64 bits; records that
   share a band value are candidates (found by sorting, per band, so memory stays linear); each

@@ -1,10 +1,15 @@
 """Pass 1 of the mix: per record, only what selection needs (never the record itself).
 
-Per record: a 64-bit hash of its id (sampling keys), the exact-duplicate digest of
-:meth:`filters.dedup.DedupRule.signature` (normalised prompt + response), a MinHash of the prompt plus
+Per record: a 64-bit hash of its id (sampling keys), a 64-bit BLAKE2 digest of its prompt and
+response as they are (exact duplicates), a MinHash of the prompt plus
 the response's first ``window_words`` words (one-permutation MinHash, :mod:`pipeline.mix.minhash`), its size in
 bytes, its completion tokens, and its domain / kind / teacher. About 600 bytes per record with
 128 permutations, so 800K records need ~0.5 GB; the records themselves stay on disk.
+
+The exact digest hashes the raw text, not the filters' normalised text
+(:meth:`filters.dedup.DedupRule.signature` lowercases and collapses whitespace): normalising an
+8 KB trace cost half of pass 1, and copies that differ only in case or whitespace have identical
+near-dup signatures (which lowercase and split on whitespace), so the near pass removes them.
 
 Each source's result is saved to ``<work>/scan-<i>.npz`` (+ ``sig-<i>.npy``) atomically, so a
 killed mix resumes after the last finished source.
@@ -61,10 +66,7 @@ def _near_text(prompt: str, response: str, window: int) -> str:
 
 def _scan_chunk(args: tuple[Chunk, dict[str, Any]]) -> dict[str, Any]:
     """Worker: one chunk -> lists of per-record values, or ``{"error": (path, line, msg, field)}``."""
-    from filters.dedup import DedupConfig, DedupRule
-
     chunk, near = args
-    exact_cfg = DedupConfig(near=False)
     out: dict[str, list] = {k: [] for k in ("rid", "exact", "sig", "nbytes", "tokens", "domain", "kind", "teacher")}
     for raw, line in zip(chunk.lines, chunk.line_numbers):
         try:
@@ -73,7 +75,7 @@ def _scan_chunk(args: tuple[Chunk, dict[str, Any]]) -> dict[str, Any]:
             return {"error": (exc.path, exc.line, exc.reason, exc.field)}
         f = facts_of(rec, raw)
         out["rid"].append(_u64(f.rid))
-        out["exact"].append(DedupRule.signature(f.parsed, exact_cfg)[0])
+        out["exact"].append(_u64(f.prompt + "\x00" + f.response))
         if near["enabled"]:
             out["sig"].append(_near_text(f.prompt, f.response, near["window_words"]))
         out["nbytes"].append(len(raw) + 1)

@@ -100,7 +100,6 @@ class Facts:
     kind: str  # reasoning | non_reasoning
     teacher: str
     completion_tokens: int
-    parsed: Any  # the filters' Parsed view (for their dedup signature)
 
 
 def _kind(record: dict[str, Any], response: str) -> str:
@@ -135,4 +134,4 @@ def facts_of(rec: dict[str, Any], raw: bytes) -> Facts:
     rid = str(rid) if rid is not None else hashlib.blake2b(raw, digest_size=8).hexdigest()
     tokens = p.completion_tokens if p.completion_tokens is not None else estimate_tokens(p.response)
     return Facts(rid=rid, prompt=p.prompt, response=p.response, domain=p.domain, kind=_kind(rec, p.response),
-                 teacher=_teacher(rec), completion_tokens=int(tokens), parsed=p)
+                 teacher=_teacher(rec), completion_tokens=int(tokens))
