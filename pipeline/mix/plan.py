@@ -7,7 +7,8 @@
    the record id only, so the sample does not depend on file order or chunking.
 3. Each source's sample is split the same way: ``validation_fraction`` of it (smallest hash under
    another salt) is the validation split, so every source is represented in both splits.
-4. Each split is shuffled by a third seeded hash and cut into shards of about ``shard_mb``.
+4. Each split is shuffled by a third seeded hash (:func:`shuffle_keys`, known in pass 1, which
+   spills every record into the file of its key's top bits) and cut into shards of about ``shard_mb``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pipeline.mix.config import MixConfig
 from pipeline.mix.dedup import exact_duplicates, near_duplicates
 from pipeline.mix.scan import SourceScan
 
-__all__ = ["Plan", "make_plan", "SPLITS"]
+__all__ = ["Plan", "make_plan", "SPLITS", "shuffle_keys", "hash_bucket", "HASH_BUCKET_BITS"]
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation")
@@ -55,6 +56,19 @@ def seeded_hash(x: np.ndarray, salt: np.uint64) -> np.ndarray:
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return z ^ (z >> np.uint64(31))
+
+
+HASH_BUCKET_BITS = 7  # pass 1 spills each source into 2**7 files by the top bits of the shuffle key
+
+
+def shuffle_keys(rid: np.ndarray, seed: int) -> np.ndarray:
+    """The key each split is sorted by (a record's place in the corpus), from its id hash and the seed."""
+    return seeded_hash(rid, _salt(seed, "shuffle"))
+
+
+def hash_bucket(keys: np.ndarray) -> np.ndarray:
+    """The spill file of each shuffle key: its top bits, so a shard's records lie in a few consecutive files."""
+    return (keys >> np.uint64(64 - HASH_BUCKET_BITS)).astype(np.int64)
 
 
 def _smallest(indices: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
@@ -158,7 +172,7 @@ def _place(rid: np.ndarray, nbytes: np.ndarray, split: np.ndarray, cfg: MixConfi
     bucket = np.full(len(split), -1, dtype=np.int32)
     pos = np.full(len(split), -1, dtype=np.int64)
     names: list[str] = []
-    shuffle = seeded_hash(rid, _salt(cfg.seed, "shuffle"))
+    shuffle = shuffle_keys(rid, cfg.seed)
     for code, name in enumerate(SPLITS):
         idx = np.flatnonzero(split == code)
         if len(idx) == 0:

@@ -98,8 +98,10 @@ def _codes(values: list[str], vocab: dict[str, int]) -> list[int]:
     return [vocab.setdefault(v, len(vocab)) for v in values]
 
 
-def scan_source(files: list[Path], near: NearDedupConfig, workers: int, chunk_bytes: int, bar: Any) -> SourceScan:
-    """Pass 1 over one source's files (chunks processed in ``workers`` processes, in order)."""
+def scan_source(files: list[Path], near: NearDedupConfig, workers: int, chunk_bytes: int, bar: Any,
+                spill: Any = None) -> SourceScan:
+    """Pass 1 over one source's files (chunks processed in ``workers`` processes, in order);
+    ``spill(raw_lines, rid_hashes)`` gets each chunk's records in this process, in order."""
     near_d = near.model_dump()
     cols: dict[str, list] = {k: [] for k in ("rid", "exact", "sig", "nbytes", "tokens", "domain", "kind", "teacher")}
     domains: dict[str, int] = {}
@@ -111,6 +113,8 @@ def scan_source(files: list[Path], near: NearDedupConfig, workers: int, chunk_by
             raise RecordError(path, line, msg, field=field)
         res["domain"] = np.array(_codes(res["domain"], domains), dtype=np.int32)
         res["teacher"] = np.array(_codes(res["teacher"], teachers), dtype=np.int32)
+        if spill is not None:
+            spill(chunk.lines, res["rid"])
         for k in cols:
             cols[k].append(res[k])
         bar.update(len(chunk.lines))

@@ -11,8 +11,9 @@ Output folder (a Hugging Face dataset repo as is)::
     mix_config.yaml                   the resolved config (`distill mix --config` it to rebuild)
     mix_report.json                   counts, dedup, quotas; written last: marks a finished mix
 
-The work happens in ``<output>/.partial/``: pass 1 per source (:mod:`pipeline.mix.scan`), the plan
-(:mod:`pipeline.mix.plan`), the buckets and shards (:mod:`pipeline.mix.write`). Each step's result
+The work happens in ``<output>/.partial/``: pass 1 per source (:mod:`pipeline.mix.scan`, which also
+spills the raw records by shuffle key), the plan (:mod:`pipeline.mix.plan`), the shards
+(:mod:`pipeline.mix.write`). The sources are read once. Each step's result
 is renamed into place when complete, so a killed mix, run again, resumes at the step it was in and
 writes the same bytes as an uninterrupted one. One mix per output folder at a time (a lock).
 """
@@ -80,13 +81,16 @@ def _pass1(cfg: MixConfig, files: list[list[Path]], work: Path, workers: int) ->
     from tqdm.auto import tqdm
 
     from pipeline.mix.scan import load_scan, save_scan, scan_source
+    from pipeline.mix.write import Spiller
 
     scans = []
     for i, (src, group) in enumerate(zip(cfg.sources, files)):
         scan = load_scan(work, i)
         if scan is None:
+            spill = Spiller(work, i, cfg.seed)
             with tqdm(desc=f"mix pass 1: {src.name}", unit="rec", mininterval=1.0) as bar:
-                scan = scan_source(group, cfg.near_dedup, workers, cfg.chunk_mb << 20, bar)
+                scan = scan_source(group, cfg.near_dedup, workers, cfg.chunk_mb << 20, bar, spill)
+            spill.close()  # durable before the scan that vouches for it
             save_scan(scan, work, i)
             scan = load_scan(work, i)
         scans.append(scan)
@@ -110,20 +114,17 @@ def _plan(cfg: MixConfig, scans: list[Any], work: Path) -> Any:
     return plan
 
 
-def _write(cfg: MixConfig, files: list[list[Path]], plan: Any, work: Path, workers: int) -> list[dict[str, Any]]:
+def _write(cfg: MixConfig, scans: list[Any], plan: Any, work: Path, workers: int) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
     from pipeline.mix.pool import ordered_map
-    from pipeline.mix.write import gather_shard, scatter
+    from pipeline.mix.write import gather_shard, shard_tasks
 
-    if not (work / "buckets" / "DONE").is_file():
-        with tqdm(total=len(plan.bucket), desc="mix pass 2: scatter", unit="rec", mininterval=1.0) as bar:
-            scatter(files, plan.bucket, plan.pos, plan.buckets, work, cfg.chunk_mb << 20, bar)
     (work / "data").mkdir(exist_ok=True)
     names = [s.name for s in cfg.sources]
-    tasks = [(b, work, names, cfg.row_group_rows, cfg.jsonl) for b in plan.buckets]
+    tasks = [(t, work, names, cfg.row_group_rows, cfg.jsonl) for t in shard_tasks(plan, scans, cfg.seed)]
     shards = []
-    with tqdm(total=len(tasks), desc="mix pass 2: shards", unit="shard") as bar:
+    with tqdm(total=len(tasks), desc="mix: shards", unit="shard") as bar:
         for _, res in ordered_map(gather_shard, tasks, min(workers, len(tasks))):
             shards.append(res)
             bar.update(1)
@@ -191,7 +192,7 @@ def run(cfg: MixConfig) -> dict[str, Any]:
             work = out / PARTIAL
             scans = _pass1(cfg, files, work, workers)
             plan = _plan(cfg, scans, work)
-            shards = _write(cfg, files, plan, work, workers)
+            shards = _write(cfg, scans, plan, work, workers)
             report = _finalize(cfg, out, work, scans, plan, shards, fp, time.perf_counter() - t0)
     if cfg.hub.repo_id:
         report["hub_url"] = push(cfg.hub, out)

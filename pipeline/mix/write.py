@@ -1,14 +1,16 @@
-"""Pass 2 of the mix: stream the selected records into shuffled Parquet shards.
+"""Writing the corpus: spill in pass 1, then gather each shard in order into Parquet.
 
-* **scatter**: read every source again, in the same order as pass 1; each selected record's raw
-  JSON goes, with its position in the split and its source, to its shard's bucket file
-  (``<work>/buckets/<shard>.bin``). Nothing is parsed; memory is one input chunk.
-* **gather**: per shard (in ``workers`` processes), read the bucket (~``shard_mb``), order it by
-  position, convert each record to the corpus schema (:data:`SCHEMA`) and write the Parquet file
-  (and ``jsonl/<shard>.jsonl`` when asked) to a temp name, then rename it. A shard whose file exists is done, so a
-  killed run redoes at most the shards in flight.
+* **spill** (:class:`Spiller`, during pass 1, in the main process): every record's raw JSON goes
+  to one of 128 files of its source, picked by the top bits of its shuffle key (which depends
+  only on the seed and the record id). Nothing is parsed, and the sources are read only once.
+* **gather** (per output shard, in ``workers`` processes): a shard is a contiguous run of the
+  shuffled order, so its records lie in a few consecutive spill files; read those, keep the
+  shard's records, order them by position, convert each to the corpus schema (:data:`SCHEMA`) and
+  write the Parquet file (and ``jsonl/<shard>.jsonl`` when asked) to a temp name, then rename it.
+  A shard whose file exists is done, so a killed run redoes at most the shards in flight.
 
-Memory is bounded by a shard (its bucket bytes plus one row group of rows) per worker, not by the corpus.
+Memory is bounded by one shard (its records' bytes plus one row group of rows) per worker, not by
+the corpus.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.mix.sources import facts_of, read_chunks
+from pipeline.mix.sources import facts_of
 
-__all__ = ["SCHEMA", "FEATURES", "scatter", "gather_shard", "to_row"]
+__all__ = ["SCHEMA", "FEATURES", "Spiller", "shard_tasks", "gather_shard", "to_row"]
 
-_HEAD = struct.Struct("<qIH")  # position in split, record length, source index
+_HEAD = struct.Struct("<qI")  # record ordinal within its source, record length
 FIXED = ("id", "messages", "source", "domain", "kind", "teacher", "prompt_id", "answer", "completion_tokens")
 # name -> (datasets dtype, pyarrow type builder); `messages` is a list of {role, content}.
 FEATURES = {"id": "string", "messages": "messages", "source": "string", "domain": "string", "kind": "string",
@@ -58,45 +60,70 @@ def to_row(rec: dict[str, Any], raw: bytes, source: str) -> dict[str, Any]:
             "metadata": json.dumps(extra, ensure_ascii=False, sort_keys=True, default=str)}
 
 
-def scatter(source_files: list[list[Path]], bucket: np.ndarray, pos: np.ndarray, names: list[str], work: Path,
-            chunk_bytes: int, bar: Any) -> None:
-    """Route every selected raw record to its shard's bucket file; fsync all, then mark done."""
-    folder = work / "buckets"
-    folder.mkdir(parents=True, exist_ok=True)
-    handles = [open(folder / f"{n}.bin", "wb", buffering=1 << 20) for n in names]
-    g = 0
-    try:
-        for si, files in enumerate(source_files):
-            for chunk in read_chunks(files, chunk_bytes):
-                n = len(chunk.lines)
-                bs, ps = bucket[g:g + n].tolist(), pos[g:g + n].tolist()
-                for raw, b, p in zip(chunk.lines, bs, ps):
-                    if b >= 0:
-                        handles[b].write(_HEAD.pack(p, len(raw), si) + raw)
-                g += n
-                bar.update(n)
-        for h in handles:
+class Spiller:
+    """Pass 1's side job, in the main process: every record of source ``index``, as raw JSON, goes
+    to the spill file of its shuffle key's top bits (``<work>/spill/<index>-<bucket>.bin``, entries
+    ``(ordinal in source, length, bytes)``). Files are truncated on open: a source whose pass 1 was
+    cut off is spilled again from its start. :meth:`close` fsyncs them (before the scan is saved)."""
+
+    def __init__(self, work: Path, index: int, seed: int):
+        from pipeline.mix.plan import HASH_BUCKET_BITS
+
+        self.folder = work / "spill"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.seed = seed
+        self.handles = [open(self.folder / f"{index}-{b:03d}.bin", "wb", buffering=1 << 18)
+                        for b in range(2 ** HASH_BUCKET_BITS)]
+        self.ordinal = 0
+
+    def __call__(self, lines: list[bytes], rid: np.ndarray) -> None:
+        from pipeline.mix.plan import hash_bucket, shuffle_keys
+
+        for raw, b in zip(lines, hash_bucket(shuffle_keys(rid, self.seed)).tolist()):
+            self.handles[b].write(_HEAD.pack(self.ordinal, len(raw)) + raw)
+            self.ordinal += 1
+
+    def close(self) -> None:
+        for h in self.handles:
             h.flush()
             os.fsync(h.fileno())
-    finally:
-        for h in handles:
             h.close()
-    if g != len(bucket):
-        raise RuntimeError(f"mix: sources changed between passes ({g} records now, {len(bucket)} in pass 1)")
-    (work / "buckets" / "DONE").write_text("ok\n")
 
 
-def _read_bucket(path: Path) -> list[tuple[int, int, bytes]]:
-    data = path.read_bytes()
+def _read_selected(work: Path, source: int, buckets: list[int], want: dict[int, int]) -> list[tuple[int, bytes]]:
+    """``(position, raw)`` of the entries of ``want`` (ordinal -> position) in these spill files."""
     out = []
-    at = 0
-    while at < len(data):
-        p, n, si = _HEAD.unpack_from(data, at)
-        at += _HEAD.size
-        out.append((p, si, data[at:at + n]))
-        at += n
-    out.sort(key=lambda t: t[0])
+    for b in buckets:
+        data = (work / "spill" / f"{source}-{b:03d}.bin").read_bytes()
+        at = 0
+        while at < len(data):
+            ordinal, n = _HEAD.unpack_from(data, at)
+            at += _HEAD.size
+            p = want.get(ordinal)
+            if p is not None:
+                out.append((p, data[at:at + n]))
+            at += n
     return out
+
+
+def shard_tasks(plan: Any, scans: list[Any], seed: int) -> list[dict[str, Any]]:
+    """Per output shard: per source, the spill files holding its records and their positions."""
+    from pipeline.mix.plan import hash_bucket, shuffle_keys
+
+    offsets = np.cumsum([0] + [len(s) for s in scans])
+    rid = np.concatenate([s.rid for s in scans])
+    tasks = []
+    for k, name in enumerate(plan.buckets):
+        idx = np.flatnonzero(plan.bucket == k)
+        src = np.searchsorted(offsets, idx, side="right") - 1
+        hb = hash_bucket(shuffle_keys(rid[idx], seed))
+        parts = {}
+        for s in np.unique(src).tolist():
+            mine = src == s
+            parts[s] = (sorted(set(hb[mine].tolist())),
+                        dict(zip((idx[mine] - offsets[s]).tolist(), plan.pos[idx[mine]].tolist())))
+        tasks.append({"name": name, "parts": parts})
+    return tasks
 
 
 def _fsync_replace(tmp: Path, final: Path) -> None:
@@ -105,20 +132,23 @@ def _fsync_replace(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def gather_shard(args: tuple[str, Path, list[str], int, bool]) -> dict[str, Any]:
-    """Worker: one bucket -> ``<work>/data/<name>.parquet`` (+ ``jsonl/<name>.jsonl``); returns rows and bytes."""
+def gather_shard(args: tuple[dict[str, Any], Path, list[str], int, bool]) -> dict[str, Any]:
+    """Worker: one shard's records from the spill files, in order -> ``<work>/data/<name>.parquet``
+    (+ ``jsonl/<name>.jsonl``); returns rows and bytes."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     global SCHEMA
     SCHEMA = SCHEMA or _schema()
-    name, work, sources, row_group, jsonl = args
+    task, work, sources, row_group, jsonl = args
+    name = task["name"]
     out = work / "data"
     final = out / f"{name}.parquet"
     info = out / f"{name}.json"
     if final.is_file() and info.is_file():
         return json.loads(info.read_text())
-    entries = _read_bucket(work / "buckets" / f"{name}.bin")
+    entries = sorted(((p, si, raw) for si, (buckets, want) in task["parts"].items()
+                      for p, raw in _read_selected(work, si, buckets, want)), key=lambda e: e[0])
     tmp = out / f".{name}.parquet.tmp"
     jdir = work / "jsonl"
     if jsonl:
@@ -129,7 +159,9 @@ def gather_shard(args: tuple[str, Path, list[str], int, bool]) -> dict[str, Any]
     with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
         for start in range(0, len(entries), row_group):
             rows = [to_row(json.loads(raw), raw, sources[si]) for _, si, raw in entries[start:start + row_group]]
-            table = pa.Table.from_pylist(rows, schema=SCHEMA)
+            # column by column: 10x faster than Table.from_pylist on nested `messages`
+            table = pa.table({k: pa.array([r[k] for r in rows], type=SCHEMA.field(k).type) for k in FEATURES},
+                             schema=SCHEMA)
             nbytes += table.nbytes
             writer.write_table(table)
             if jfh is not None:
