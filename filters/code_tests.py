@@ -76,7 +76,9 @@ class CodeTestsRule(Rule):
         if self._sandbox is None:
             self._sandbox = Sandbox(self.cfg.sandbox)
         out = verify(p.response, spec, self._sandbox, require_think=self.cfg.require_think)
-        p.notes[self.reason] = out.extra.get("extract") or out.status
+        # the outcome, and the isolation level a program that ran ran under (the report shows both)
+        ran = "extract" not in out.extra
+        p.notes[self.reason] = f"{out.status},isolation:{self._sandbox.level}" if ran else out.extra["extract"]
         return None if out.ok else out.summary()[:600]
 
     @classmethod
@@ -84,12 +86,15 @@ class CodeTestsRule(Rule):
         """Code records run, their outcomes, and how many carried no tests."""
         if not notes:
             return {}
-        return {"run": sum(v for k, v in notes.items() if k not in ("unverified", "bad_tests")),
-                "unverified": notes.get("unverified", 0), "outcomes": dict(sorted(notes.items()))}
+        levels = {k.split(":", 1)[1]: v for k, v in notes.items() if k.startswith("isolation:")}
+        outcomes = {k: v for k, v in sorted(notes.items()) if not k.startswith("isolation:")}
+        return {"run": sum(levels.values()),
+                "unverified": notes.get("unverified", 0), "outcomes": outcomes, "isolation": levels}
 
     @classmethod
     def note_line(cls, entry: dict[str, Any]) -> str | None:
         if "outcomes" not in entry:
             return None
-        return (f"Code tests: {entry['run']} programs run, {entry['unverified']} code records without tests "
-                f"(unverified); outcomes: " + ", ".join(f"{k} {v}" for k, v in entry["outcomes"].items()) + ".")
+        levels = ", ".join(f"{k} {v}" for k, v in entry.get("isolation", {}).items()) or "none run"
+        return (f"Code tests: {entry['run']} programs run (isolation: {levels}), {entry['unverified']} code records "
+                f"without tests (unverified); outcomes: " + ", ".join(f"{k} {v}" for k, v in entry["outcomes"].items()) + ".")

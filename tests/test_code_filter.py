@@ -72,10 +72,14 @@ def test_code_records_are_kept_only_when_their_program_passes(tmp_path):
     assert "no program" in details["c5"]
     assert details["c7"].startswith("bad tests field (tests.cases[0])")
     rule = report["rules"]["failed_tests"]
-    assert rule["unverified"] == 1 and rule["run"] == 6
+    assert rule["unverified"] == 1 and rule["run"] == 5
     assert rule["outcomes"] == {"bad_tests": 1, "failed": 1, "no_program": 1, "passed": 2, "runtime_error": 1,
                                 "timeout": 1, "unverified": 1}
-    assert "Code tests: 6 programs run, 1 code records without tests (unverified)" in \
+    from pipeline.code.isolation import detect_level
+
+    level = detect_level("auto")
+    assert rule["isolation"] == {level: 5}  # the programs that ran (not: no program, a bad tests field)
+    assert f"Code tests: 5 programs run (isolation: {level} 5), 1 code records without tests (unverified)" in \
         (tmp_path / "out" / "report.md").read_text()
     strict = run(_cfg(inp, tmp_path / "strict", **{"code_tests.require_tests": True}))
     kept = {r["prompt_id"] for r in read_jsonl(tmp_path / "strict" / "kept.jsonl")}
