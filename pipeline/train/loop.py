@@ -195,12 +195,13 @@ def load_student(cfg: TrainConfig, attn: str):
     return model
 
 
-def make_optimizer(cfg: TrainConfig, model):
-    """AdamW; decay only on matrices (not biases, norms); only trainable params (LoRA: adapters)."""
+def make_optimizer(cfg: TrainConfig, model, extra: Any = None):
+    """AdamW; decay only on matrices (not biases, norms); only trainable params (LoRA: adapters);
+    ``extra``: a module trained alongside (its params join the same groups)."""
     import torch
 
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in list(model.parameters()) + (list(extra.parameters()) if extra is not None else []):
         if not p.requires_grad:
             continue
         (decay if p.ndim >= 2 else no_decay).append(p)
@@ -375,6 +376,7 @@ class _Run:
     elapsed_before: float = 0.0
     loss_fn: Any = None
     plans: dict = field(default_factory=dict)
+    extra: Any = None  # run_training's extra_trainable
 
     @property
     def out_dir(self) -> Path:
@@ -398,8 +400,8 @@ def _check_output(cfg: TrainConfig, out_dir: Path) -> dict | None:
     return None
 
 
-def _setup(cfg: TrainConfig, stage: str, accelerator, tokenizer, template: str) -> _Run:
-    """Data plan, student, optimizer and schedule, prepared by Accelerate."""
+def _setup(cfg: TrainConfig, stage: str, accelerator, tokenizer, template: str, extra: Any = None) -> _Run:
+    """Data plan, student (+ ``extra``), optimizer and schedule, prepared by Accelerate."""
     import torch
     from accelerate.utils import set_seed
 
@@ -420,17 +422,21 @@ def _setup(cfg: TrainConfig, stage: str, accelerator, tokenizer, template: str) 
     model = load_student(cfg, attn)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
-    optimizer = make_optimizer(cfg, model)
+    if extra is not None:
+        extra.to(accelerator.device)
+    optimizer = make_optimizer(cfg, model, extra)
     schedule = CosineSchedule(warmup=math.ceil(cfg.warmup_ratio * total_steps), total=total_steps,
                               min_ratio=cfg.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    if extra is not None:
+        accelerator.register_for_checkpointing(extra)
     return _Run(cfg=cfg, stage=stage, accelerator=accelerator, tokenizer=tokenizer, template=template, corpus=corpus,
                 model=model, optimizer=optimizer, scheduler=scheduler, attn=attn, plan0=plan0,
                 steps_per_epoch=steps_per_epoch, total_steps=total_steps, waste=D.padding_stats(corpus, plan0, cfg),
                 dropped_tail=len(plan0) - steps_per_epoch * per_step, n_trainable=n_trainable, n_total=n_total,
-                plans={0: plan0})
+                plans={0: plan0}, extra=extra)
 
 
 def _resume(run: _Run) -> None:
@@ -506,11 +512,25 @@ def _train_step(run: _Run, step: int, check_tokens: bool) -> _Step:
             if acc.sync_gradients:
                 if cfg.clip_grad > 0:
                     norm = acc.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                if run.extra is not None:
+                    _sync_extra_grads(acc, run.extra, cfg.clip_grad)
                 run.optimizer.step()
                 run.optimizer.zero_grad(set_to_none=True)
     lr = run.optimizer.param_groups[0]["lr"]
     run.scheduler.step()
     return _Step(tokens=step_tokens, loss_sum=loss_sum, parts=parts, grad_norm=norm, lr=lr)
+
+
+def _sync_extra_grads(accelerator, extra: Any, clip: float) -> None:
+    """The extra module is not wrapped by DDP: average its grads over ranks, clip them on their own."""
+    import torch
+
+    params = [p for p in extra.parameters() if p.grad is not None]
+    if accelerator.num_processes > 1:
+        for p in params:
+            p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
+    if clip > 0 and params:
+        torch.nn.utils.clip_grad_norm_(params, clip)
 
 
 class _MetricsWindow:
@@ -624,12 +644,16 @@ def _summary(run: _Run, final_dir: Path, history: list[dict]) -> dict:
 
 
 def run_training(cfg: TrainConfig, make_loss: Callable[[TrainContext], LossFn], *, stage: str = "sft",
-                 check: bool = False, summary_extra: Callable[[dict], dict] | None = None) -> dict:
+                 check: bool = False, summary_extra: Callable[[dict], dict] | None = None,
+                 extra_trainable: Any = None) -> dict:
     """Train ``cfg.model`` on ``cfg.data`` with ``make_loss``'s loss; return the run summary.
 
     ``check``: render a few samples, show trained tokens, fail on an empty mask / lost think
     block / untrained EOS, and return the preflight report without training.
     ``summary_extra(summary) -> dict``: fields a stage adds to ``summary.json`` (kd: its settings).
+    ``extra_trainable``: a ``torch.nn.Module`` the loss uses that trains with the student (kd's
+    feature projections): moved to the device, in the optimizer, its grads averaged over ranks and
+    clipped on their own, checkpointed and resumed, never saved in ``final/``.
     """
     from pipeline.train import data as D
 
@@ -642,7 +666,7 @@ def run_training(cfg: TrainConfig, make_loss: Callable[[TrainContext], LossFn], 
     done = _check_output(cfg, out_dir)
     if done is not None:
         return done
-    run = _setup(cfg, stage, accelerator, tokenizer, template)
+    run = _setup(cfg, stage, accelerator, tokenizer, template, extra_trainable)
     _resume(run)
     run.loss_fn = make_loss(TrainContext(cfg=cfg, accelerator=accelerator, model=run.model, tokenizer=tokenizer,
                                          corpus=run.corpus))
