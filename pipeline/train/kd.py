@@ -32,6 +32,7 @@ from pydantic import Field, model_validator
 from pipeline.cliutil import add_stage_action, add_stage_parser, config_from_args
 from pipeline.config import ConfigError, Section
 from pipeline.train.config import TrainConfig
+from pipeline.train.feature_kd import FeatureKDConfig
 from pipeline.train.models import load_teacher, teacher_hidden
 
 __all__ = ["KDConfig", "TopKCacheConfig", "run", "build_teacher_cache", "register"]
@@ -69,6 +70,8 @@ class KDConfig(TrainConfig):
     teacher_cache: str | None = Field(None, description="folder of `distill kd cache` (top-k teacher log-probs); "
                                                         "used for training when complete")
     cache: TopKCacheConfig = Field(default_factory=TopKCacheConfig, description="top-k cache settings")
+    features: FeatureKDConfig | None = Field(None, description="feature distillation: hidden states at mapped "
+                                                               "layers through learned projections (off when unset)")
 
     @model_validator(mode="after")
     def _needs_a_teacher(self) -> "KDConfig":
@@ -80,20 +83,24 @@ class KDConfig(TrainConfig):
 # --------------------------------------------------------------------------- the loss
 
 class KDLoss:
-    """``loss_fn(model, batch) -> LossOutput`` for the shared loop (live teacher or top-k cache)."""
+    """``loss_fn(model, batch) -> LossOutput`` for the shared loop (live teacher or top-k cache);
+    with ``features`` (a :class:`~pipeline.train.feature_kd.FeatureTerm`) plus the feature term."""
 
-    def __init__(self, cfg: KDConfig, accelerator, tokenizer, corpus, teacher=None, cache=None, vocab_size=None):
+    def __init__(self, cfg: KDConfig, accelerator, tokenizer, corpus, teacher=None, cache=None, vocab_size=None,
+                 features=None):
         from pipeline.train.losses import KDSpec
         from pipeline.train.models import weights_sharded
 
         self.cfg, self.accelerator, self.teacher, self.cache = cfg, accelerator, teacher, cache
+        self.features = features
         self.vocab = vocab_size or len(tokenizer)
         self.spec = KDSpec(kind=cfg.kd_loss, beta=cfg.kd_beta, temperature=cfg.kd_temperature, alpha=cfg.kd_alpha,
                            chunk_size=cfg.kd_chunk_size)
         self.fused = cfg.kd_fused and not weights_sharded(accelerator)
 
     def _teacher_rows(self, batch: dict, mask):
-        """A ``teacher(start, end)`` callable over the batch's trained tokens (row-major order)."""
+        """``(teacher(start, end)`` over the batch's trained tokens (row-major), the live teacher's
+        hidden states per layer or None)."""
         import torch
         import torch.nn.functional as F
 
@@ -106,12 +113,13 @@ class KDLoss:
                                    f"({int(mask.sum())}); rebuild the cache for this data")
             from pipeline.train.losses import TopK
 
-            return lambda a, b: TopK(top.ids[a:b].to(dev), top.logprobs[a:b].to(dev))
+            return (lambda a, b: TopK(top.ids[a:b].to(dev), top.logprobs[a:b].to(dev))), None
         t_dev = next(self.teacher.parameters()).device
         t_batch = {k: (v.to(t_dev) if hasattr(v, "to") else v) for k, v in batch.items()}
         with torch.no_grad():
             if self.fused:
-                hidden = teacher_hidden(self.teacher, t_batch)[:, :-1][mask.to(t_dev)]
+                states = teacher_hidden(self.teacher, t_batch, layers=True)
+                hidden = states[-1][:, :-1][mask.to(t_dev)]
                 head = self.teacher.get_output_embeddings()
                 weight = head.weight[: self.vocab]
                 bias = None if getattr(head, "bias", None) is None else head.bias[: self.vocab]
@@ -120,13 +128,14 @@ class KDLoss:
                     with torch.no_grad():
                         return F.linear(hidden[a:b], weight, bias).to(dev)
 
-                return rows
+                return rows, states
             from pipeline.train.data import model_inputs, next_token_targets
 
             positions, targets = next_token_targets(t_batch)
-            logits = self.teacher(**model_inputs(t_batch), logits_to_keep=positions).logits
-            logits = logits[targets != -100][:, : self.vocab]
-            return lambda a, b: logits[a:b].to(dev)
+            out = self.teacher(**model_inputs(t_batch), logits_to_keep=positions,
+                               output_hidden_states=self.features is not None)
+            logits = out.logits[targets != -100][:, : self.vocab]
+            return (lambda a, b: logits[a:b].to(dev)), out.hidden_states
 
     def __call__(self, model, batch: dict):
         from pipeline.train.data import model_inputs, next_token_targets
@@ -137,7 +146,7 @@ class KDLoss:
         nxt = batch["labels"][:, 1:]
         mask = nxt != -100
         targets = nxt[mask]
-        teacher = self._teacher_rows(batch, mask)
+        teacher, t_states = self._teacher_rows(batch, mask)
         if self.fused:
             out = model(**model_inputs(batch), output_hidden_states=True, logits_to_keep=1)
             hidden = out.hidden_states[-1][:, :-1][mask]
@@ -146,11 +155,16 @@ class KDLoss:
             sums = fused_linear_kd(hidden, weight[: self.vocab], targets, teacher, self.spec, bias=bias)
         else:
             positions, pos_targets = next_token_targets(batch)
-            logits = model(**model_inputs(batch), logits_to_keep=positions).logits
-            rows = logits[pos_targets != -100][:, : self.vocab]
+            out = model(**model_inputs(batch), logits_to_keep=positions, output_hidden_states=self.features is not None)
+            rows = out.logits[pos_targets != -100][:, : self.vocab]
             sums = chunked_kd_from_logits(rows, teacher, targets, self.spec)
-        return LossOutput(loss_sum=sums.loss_sum, num_tokens=sums.num_tokens,
-                          parts={"kd": sums.kd_sum, "ce": sums.ce_sum})
+        loss, parts = sums.loss_sum, {"kd": sums.kd_sum, "ce": sums.ce_sum}
+        if self.features is not None:
+            term, feat_parts = self.features(self.features.student_rows(out.hidden_states, batch["labels"]),
+                                             self.features.teacher_rows(batch, t_states))
+            loss = loss + term
+            parts.update(feat_parts)
+        return LossOutput(loss_sum=loss, num_tokens=sums.num_tokens, parts=parts)
 
 
 def _cache_ready(cfg: KDConfig) -> bool:
@@ -158,7 +172,49 @@ def _cache_ready(cfg: KDConfig) -> bool:
         (Path(cfg.teacher_cache) / "summary.json").read_text(encoding="utf-8")).get("complete", False)
 
 
-def _make_loss_factory(cfg: KDConfig, info: dict):
+def _feature_setup(cfg: KDConfig) -> tuple[Any, Any] | None:
+    """``(FeaturePlan, FeatureProjector)`` for ``features:`` (None when off), from config.json shapes
+    (or the cache's manifest when training from a complete teacher_cache)."""
+    from pipeline.train.feature_kd import model_shape, plan_features
+    from pipeline.train.feature_losses import FeatureProjector
+
+    if cfg.features is None:
+        return None
+    student = model_shape(cfg.model)
+    if _cache_ready(cfg):
+        path = Path(cfg.teacher_cache) / "manifest.json"
+        m = json.loads(path.read_text(encoding="utf-8"))
+        if not m.get("feature_layers"):
+            raise ConfigError(f"{path}: features: is set but this teacher_cache holds no features; rebuild it with "
+                              "`distill kd cache` (features set) or drop teacher_cache to use the live teacher")
+        plan = plan_features(cfg.features, student, (int(m["teacher_num_layers"]), int(m["feature_width"])))
+        if plan.teacher_layers != list(m["feature_layers"]):
+            raise ConfigError(f"{path}: cache holds teacher layers {m['feature_layers']}, features: maps "
+                              f"{plan.teacher_layers}; rebuild the cache or use the same layer_map")
+    else:
+        plan = plan_features(cfg.features, student, model_shape(cfg.teacher))
+    projector = FeatureProjector(plan.student_width, plan.teacher_width, len(plan.teacher_layers), seed=cfg.seed)
+    return plan, projector
+
+
+def _feature_term(cfg: KDConfig, features: tuple[Any, Any] | None, corpus: Any, cached: bool, info: dict):
+    from pipeline.train.feature_kd import FeatureTerm
+    from pipeline.train.kd_cache import FeatureCache
+
+    if features is None:
+        return None
+    plan, projector = features
+    cache = None
+    if cached:
+        cache = FeatureCache(cfg.teacher_cache)
+        cache.store.check_corpus(corpus, "teacher_cache features")
+    info.update(feature_layer_map=dict(zip(plan.teacher_layers, plan.student_layers)),
+                feature_layer_weights=plan.weights, feature_loss=cfg.features.loss,
+                feature_weight=cfg.features.weight, projection_params=sum(p.numel() for p in projector.parameters()))
+    return FeatureTerm(cfg.features, plan, projector, cache)
+
+
+def _make_loss_factory(cfg: KDConfig, info: dict, features: tuple[Any, Any] | None = None):
     def make_loss(ctx) -> KDLoss:
         import torch
 
@@ -174,7 +230,9 @@ def _make_loss_factory(cfg: KDConfig, info: dict):
                 raise ConfigError(f"student lm_head has {student_rows} rows < tokenizer size {vocab}")
             cache.validate(ctx.corpus, cfg.kd_temperature, vocab)
             info.update(teacher_source="cache", teacher_cache=str(cfg.teacher_cache), cache_k=cache.k)
-            return KDLoss(cfg, ctx.accelerator, ctx.tokenizer, ctx.corpus, cache=cache, vocab_size=vocab)
+            term = _feature_term(cfg, features, ctx.corpus, True, info)
+            return KDLoss(cfg, ctx.accelerator, ctx.tokenizer, ctx.corpus, cache=cache, vocab_size=vocab,
+                          features=term)
         if cfg.teacher_cache:
             log.warning("teacher_cache %s is not complete (run `distill kd cache`); using the live teacher",
                         cfg.teacher_cache)
@@ -188,7 +246,8 @@ def _make_loss_factory(cfg: KDConfig, info: dict):
             teacher.eval()
         info.update(teacher_source="model", teacher=str(cfg.teacher), vocab_size=check.vocab_size,
                     student_rows=student_rows, teacher_rows=check.teacher_rows, tokenizer_warnings=check.warnings)
-        loss = KDLoss(cfg, ctx.accelerator, ctx.tokenizer, ctx.corpus, teacher=teacher, vocab_size=check.vocab_size)
+        loss = KDLoss(cfg, ctx.accelerator, ctx.tokenizer, ctx.corpus, teacher=teacher, vocab_size=check.vocab_size,
+                      features=_feature_term(cfg, features, ctx.corpus, False, info))
         info["fused"] = loss.fused
         return loss
 
@@ -215,32 +274,35 @@ def _check_sources(cfg: KDConfig, teacher_needed: bool) -> None:
 
 
 def _train(cfg: KDConfig) -> dict:
-    from pipeline.records import write_json_atomic
     from pipeline.train.loop import run_training
 
     info: dict[str, Any] = {}
-    summary = run_training(cfg, _make_loss_factory(cfg, info), stage="kd")
-    summary.update({"kd_loss": cfg.kd_loss, "kd_beta": cfg.kd_beta, "kd_temperature": cfg.kd_temperature,
-                    "kd_alpha": cfg.kd_alpha, "kd_chunk_size": cfg.kd_chunk_size, **info})
+    features = _feature_setup(cfg)
+    return run_training(cfg, _make_loss_factory(cfg, info, features), stage="kd",
+                        summary_extra=lambda summary: _summary_fields(cfg, info),
+                        extra_trainable=None if features is None else features[1])
+
+
+def _summary_fields(cfg: KDConfig, info: dict) -> dict:
+    """What kd adds to the loop's ``summary.json``: its settings, the teacher source, first/final parts."""
+    fields = {"kd_loss": cfg.kd_loss, "kd_beta": cfg.kd_beta, "kd_temperature": cfg.kd_temperature,
+              "kd_alpha": cfg.kd_alpha, "kd_chunk_size": cfg.kd_chunk_size, **info}
     metrics = Path(cfg.output_dir) / "metrics.jsonl"
-    if metrics.exists():
-        rows = [json.loads(x) for x in metrics.read_text(encoding="utf-8").splitlines() if x.strip()]
-        if rows:
-            summary["final_kd"] = rows[-1].get("kd")
-            summary["final_ce"] = rows[-1].get("ce")
-            summary["first_kd"] = rows[0].get("kd")
-            _plot_parts(rows, Path(cfg.output_dir) / "kd_parts.png")
-    summary_path = Path(cfg.output_dir) / "summary.json"
-    if summary_path.exists():
-        write_json_atomic(summary_path, summary)
-    return summary
+    rows = [json.loads(x) for x in metrics.read_text(encoding="utf-8").splitlines() if x.strip()] \
+        if metrics.exists() else []
+    if rows:
+        fields.update(final_kd=rows[-1].get("kd"), final_ce=rows[-1].get("ce"), first_kd=rows[0].get("kd"))
+        if cfg.features is not None:
+            fields.update(first_feat=rows[0].get("feat"), final_feat=rows[-1].get("feat"))
+        _plot_parts(rows, Path(cfg.output_dir) / "kd_parts.png")
+    return fields
 
 
 def _plot_parts(rows: list[dict], png: Path) -> None:
     from pipeline.plots import lines
 
     series = {name: ([r["step"] for r in rows if name in r], [r[name] for r in rows if name in r])
-              for name in ("kd", "ce", "loss")}
+              for name in ("kd", "ce", "feat", "loss")}
     lines({k: v for k, v in series.items() if v[0]}, png, title="distill kd: per trained token",
           xlabel="optimizer step", ylabel="value")
 
@@ -254,8 +316,9 @@ def build_teacher_cache(cfg: KDConfig) -> dict:
     if not cfg.teacher_cache:
         raise ConfigError("teacher_cache: required for `distill kd cache` (the folder to write)")
     _check_sources(cfg, teacher_needed=True)
+    features = _feature_setup(cfg.model_copy(update={"teacher_cache": None})) if cfg.features else None
     with launcher_output_lock(cfg.teacher_cache, "distill kd cache"), storage_errors(cfg.teacher_cache):
-        return build_cache(cfg)
+        return build_cache(cfg, feature_layers=None if features is None else features[0].teacher_layers)
 
 
 FLAGS = {

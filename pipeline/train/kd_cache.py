@@ -8,8 +8,11 @@ the teacher, streaming the rows of each micro-batch's samples from disk.
 Layout (``part`` = writer rank, so several processes can fill one cache)::
 
     manifest.json        format, teacher, k, kd_temperature, logprob dtype, vocab size
+                         (+ feature_layers, feature_width, feature_dtype with ``features:``)
     topk-<part>.bin      per sample: ids int32 [n, k], then log-probs [n, k + 1] (last = rest bucket)
     index-<part>.jsonl   {"id", "part", "offset", "n", "crc"} per finished sample
+    feat-<part>.bin      (with ``features:``) per sample: teacher hidden states [n, layers, width]
+    feat-index-<part>.jsonl  its index, same fields
     summary.json         counts and bytes, written when every sample is done
 
 ``n`` is the sample's trained-token count (targets at positions 1..len-1 whose label is trained,
@@ -25,7 +28,10 @@ and the ``.bin`` is truncated to the end of the last indexed sample, so a kill a
 only unfinished samples and never indexes a partial one; a rerun skips the indexed ids.
 
 Size: ``trained tokens x (4 k + (k + 1) x 2)`` bytes with float16 log-probs (k = 64: 394 bytes per
-token, ~0.4 GB per million trained tokens); ``summary.json`` reports the actual figure.
+token, ~0.4 GB per million trained tokens); features add ``layers x width x 2`` bytes per token
+(4 layers of a 3584-wide teacher: 28.7 KB per token, ~29 GB per million), so their size is
+checked against ``features.cache_max_gb`` before anything is written. ``summary.json`` reports
+the actual figure. Both kinds are written by one generic crash-safe store (:class:`RowStoreWriter`).
 """
 
 from __future__ import annotations
@@ -43,9 +49,11 @@ import numpy as np
 from pipeline.config import ConfigError
 from pipeline.records import ShardWriter, read_jsonl, write_json_atomic
 
-__all__ = ["FORMAT", "sample_targets", "TopKCacheWriter", "TopKCache", "build_cache"]
+__all__ = ["FORMAT", "sample_targets", "RowStoreWriter", "RowStore", "TopKCacheWriter", "TopKCache", "FeatureCache",
+           "build_cache"]
 
 FORMAT = "distill-r1/kd-topk-v1"
+FEATURE_STEM, FEATURE_INDEX = "feat", "feat-index"
 log = logging.getLogger(__name__)
 
 
@@ -72,15 +80,18 @@ def _check_manifest(root: Path, want: dict[str, Any]) -> None:
                           "use another teacher_cache folder or delete this one")
 
 
-class TopKCacheWriter:
-    """Append-only writer for one part; ``done`` = sample ids already complete on disk."""
+class RowStoreWriter:
+    """Append-only, crash-safe per-sample arrays for one part: ``<stem>-<part>.bin`` holds, per
+    sample of ``n`` trained tokens, one array ``[n, *shape]`` per ``layout`` entry ``(shape, dtype)``;
+    ``<index>-<part>.jsonl`` one line per finished sample. ``done`` = sample ids complete on disk."""
 
-    def __init__(self, root: str | Path, part: int, k: int, logprob_dtype: str):
+    def __init__(self, root: str | Path, part: int, layout: list[tuple[tuple[int, ...], str]],
+                 stem: str = "topk", index: str = "index"):
         self.root = Path(root)
-        self.k, self.dtype = k, np.dtype(logprob_dtype)
-        self.index = ShardWriter(self.root / f"index-{part}.jsonl", key=lambda r: r["id"])
+        self.layout = [(tuple(shape), np.dtype(dt)) for shape, dt in layout]
+        self.index = ShardWriter(self.root / f"{index}-{part}.jsonl", key=lambda r: r["id"])
         self.part = part
-        self.bin_path = self.root / f"topk-{part}.bin"
+        self.bin_path = self.root / f"{stem}-{part}.bin"
         end = 0
         if self.index.path.exists():
             for rec in read_jsonl(self.index.path):
@@ -97,20 +108,22 @@ class TopKCacheWriter:
         return self.index.done
 
     def _nbytes(self, n: int) -> int:
-        return n * self.k * 4 + n * (self.k + 1) * self.dtype.itemsize
+        return sum(n * int(np.prod(shape)) * dt.itemsize for shape, dt in self.layout)
 
-    def write(self, samples: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> None:
-        """``samples``: ``(id, targets [n], ids [n, k], logprobs [n, k + 1])``; durable on return."""
+    def write(self, samples: list[tuple]) -> None:
+        """``samples``: ``(id, targets [n], *arrays)`` with arrays ``[n, *shape]`` in layout order;
+        durable on return."""
         records = []
-        for key, targets, ids, logprobs in samples:
+        for key, targets, *arrays in samples:
             if key in self.index.done:
                 continue
             n = len(targets)
-            if ids.shape != (n, self.k) or logprobs.shape != (n, self.k + 1):
-                raise ValueError(f"sample {key!r}: shapes {ids.shape}, {logprobs.shape} do not match n={n}, k={self.k}")
+            shapes = [a.shape for a in arrays]
+            if shapes != [(n, *shape) for shape, _ in self.layout]:
+                raise ValueError(f"sample {key!r}: shapes {shapes} do not match n={n} and layout {self.layout}")
             offset = self.bin.tell()
-            self.bin.write(np.ascontiguousarray(ids, dtype=np.int32).tobytes())
-            self.bin.write(np.ascontiguousarray(logprobs, dtype=self.dtype).tobytes())
+            for arr, (_, dt) in zip(arrays, self.layout):
+                self.bin.write(np.ascontiguousarray(arr, dtype=dt).tobytes())
             records.append({"id": key, "part": self.part, "offset": offset, "n": n, "crc": _crc(targets)})
             self.bytes_written += self._nbytes(n)
         if records:
@@ -122,11 +135,64 @@ class TopKCacheWriter:
         self.bin.close()
         self.index.close()
 
-    def __enter__(self) -> "TopKCacheWriter":
+    def __enter__(self) -> "RowStoreWriter":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class TopKCacheWriter(RowStoreWriter):
+    """The top-k part writer: per token ``k`` int32 ids and ``k + 1`` log-probs."""
+
+    def __init__(self, root: str | Path, part: int, k: int, logprob_dtype: str):
+        super().__init__(root, part, [((k,), "int32"), ((k + 1,), logprob_dtype)])
+        self.k, self.dtype = k, np.dtype(logprob_dtype)
+
+
+class RowStore:
+    """Reader of a :class:`RowStoreWriter`'s parts: memory-maps them, looks samples up by id."""
+
+    def __init__(self, root: str | Path, layout: list[tuple[tuple[int, ...], str]], stem: str = "topk",
+                 index: str = "index"):
+        self.root = Path(root)
+        self.layout = [(tuple(shape), np.dtype(dt)) for shape, dt in layout]
+        self.entries: dict[str, dict] = {}
+        self._maps: dict[int, np.memmap | None] = {}
+        for idx in sorted(self.root.glob(f"{index}-*.jsonl")):
+            for rec in read_jsonl(idx):
+                self.entries[rec["id"]] = rec
+        for part in {e["part"] for e in self.entries.values()}:
+            path = self.root / f"{stem}-{part}.bin"
+            self._maps[part] = np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, key: str) -> list[np.ndarray]:
+        """One array ``[n, *shape]`` per layout entry for sample ``key``."""
+        e = self.entries[key]
+        buf, a, out = self._maps[e["part"]], e["offset"], []
+        for shape, dt in self.layout:
+            size = e["n"] * int(np.prod(shape)) * dt.itemsize
+            out.append(np.frombuffer(buf[a:a + size], dtype=dt).reshape(e["n"], *shape))
+            a += size
+        return out
+
+    def check_corpus(self, corpus: Any, what: str) -> None:
+        """Every corpus sample must be stored, with the same trained targets (count and CRC)."""
+        missing = [k for k in corpus.keys if k not in self.entries]
+        if missing:
+            raise ConfigError(f"{what} {self.root}: {len(missing)} of {len(corpus)} samples missing "
+                              f"(e.g. {missing[:3]}); run `distill kd cache` with this config to finish it")
+        for i, key in enumerate(corpus.keys):
+            ids, trained = corpus.sample(i)
+            targets = sample_targets(ids, trained)
+            e = self.entries[key]
+            if e["n"] != len(targets) or e["crc"] != _crc(targets):
+                raise ConfigError(f"{what} {self.root}: sample {key!r} has {e['n']} cached tokens (crc "
+                                  f"{e['crc']}) but the data gives {len(targets)} (crc {_crc(targets)}); the cache "
+                                  "was built from other data, template or max_seq_len: rebuild it")
 
 
 class TopKCache:
@@ -142,27 +208,15 @@ class TopKCache:
             raise ConfigError(f"{mpath}: format {self.manifest.get('format')!r}, expected {FORMAT!r}")
         self.k = int(self.manifest["k"])
         self.dtype = np.dtype(self.manifest["logprob_dtype"])
-        self.entries: dict[str, dict] = {}
-        self._maps: dict[int, np.memmap] = {}
-        for idx in sorted(self.root.glob("index-*.jsonl")):
-            for rec in read_jsonl(idx):
-                self.entries[rec["id"]] = rec
-        for part in {e["part"] for e in self.entries.values()}:
-            path = self.root / f"topk-{part}.bin"
-            self._maps[part] = np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else None
+        self.store = RowStore(self.root, [((self.k,), "int32"), ((self.k + 1,), self.manifest["logprob_dtype"])])
+        self.entries = self.store.entries
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def get(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """``(ids [n, k] int32, logprobs [n, k + 1] float32)`` of one sample."""
-        e = self.entries[key]
-        n, k = e["n"], self.k
-        buf = self._maps[e["part"]]
-        a = e["offset"]
-        b = a + n * k * 4
-        ids = np.frombuffer(buf[a:b], dtype=np.int32).reshape(n, k)
-        lp = np.frombuffer(buf[b:b + n * (k + 1) * self.dtype.itemsize], dtype=self.dtype).reshape(n, k + 1)
+        ids, lp = self.store.get(key)
         return ids, lp.astype(np.float32)
 
     def rows(self, keys: list[str]):
@@ -186,32 +240,88 @@ class TopKCache:
         if int(self.manifest["vocab_size"]) != int(vocab_size):
             raise ConfigError(f"{self.root / 'manifest.json'}: vocab_size {self.manifest['vocab_size']} != "
                               f"student tokenizer's {vocab_size}")
-        missing = [k for k in corpus.keys if k not in self.entries]
-        if missing:
-            raise ConfigError(f"teacher_cache {self.root}: {len(missing)} of {len(corpus)} samples missing "
-                              f"(e.g. {missing[:3]}); run `distill kd cache` with this config to finish it")
-        for i, key in enumerate(corpus.keys):
-            ids, trained = corpus.sample(i)
-            targets = sample_targets(ids, trained)
-            e = self.entries[key]
-            if e["n"] != len(targets) or e["crc"] != _crc(targets):
-                raise ConfigError(f"teacher_cache {self.root}: sample {key!r} has {e['n']} cached tokens (crc "
-                                  f"{e['crc']}) but the data gives {len(targets)} (crc {_crc(targets)}); the cache "
-                                  "was built from other data, template or max_seq_len: rebuild it")
+        self.store.check_corpus(corpus, "teacher_cache")
+
+
+class FeatureCache:
+    """The teacher's hidden states at the mapped layers, per trained token (``feat-<part>.bin``):
+    ``[n, layers, width]`` per sample; layers and width are in the teacher cache's manifest."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        m = json.loads((self.root / "manifest.json").read_text(encoding="utf-8"))
+        if not m.get("feature_layers"):
+            raise ConfigError(f"teacher_cache {self.root}: built without features; rebuild it with `features:` set")
+        self.layers, self.width = list(m["feature_layers"]), int(m["feature_width"])
+        self.store = RowStore(self.root, [((len(self.layers), self.width), m["feature_dtype"])], FEATURE_STEM,
+                              FEATURE_INDEX)
+
+    def rows(self, keys: list[str]):
+        """``[N, layers, width]`` float32 rows of ``keys`` concatenated in order."""
+        import torch
+
+        parts = [self.store.get(k)[0] for k in keys]
+        if not parts:
+            return torch.zeros(0, len(self.layers), self.width)
+        return torch.from_numpy(np.concatenate(parts).astype(np.float32))
 
 
 def _part() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def build_cache(cfg: Any) -> dict:
-    """Run the teacher over ``cfg``'s corpus and fill ``cfg.teacher_cache`` (resumable)."""
+def _feature_writer(cfg: Any, root: Path, rank: int, layers: list[int] | None, width: int, tokens: int):
+    """The feature part writer (or None), after checking the cache's size against its bound."""
+    if not layers:
+        return None
+    dtype = np.dtype(cfg.features.cache_dtype)
+    size = tokens * len(layers) * width * dtype.itemsize
+    if size > cfg.features.cache_max_gb * 1e9:
+        raise ConfigError(f"features.cache_max_gb: caching {len(layers)} teacher layers x {width} wide x {tokens:,} "
+                          f"trained tokens needs {size / 1e9:.1f} GB > {cfg.features.cache_max_gb} GB; map fewer "
+                          "layers, raise the bound, or train with the live teacher (no teacher_cache)")
+    return RowStoreWriter(root, rank, [((len(layers), width), dtype.name)], FEATURE_STEM, FEATURE_INDEX)
+
+
+def _teacher_rows(cfg: Any, corpus: Any, group: list[int], hidden_states: Any, head: tuple, vocab: int,
+                  layers: list[int] | None) -> tuple[list, list, int]:
+    """Top-k rows (and mapped-layer feature rows) of each sample of one teacher batch."""
+    import torch
+
+    from pipeline.train.losses import teacher_topk
+
+    weight, bias = head
+    hidden = hidden_states[-1]
+    top_out, feat_out, tokens = [], [], 0
+    for row, i in enumerate(group):
+        ids, trained = corpus.sample(i)
+        targets = sample_targets(ids, trained)
+        pos = torch.from_numpy(np.nonzero(trained[1:])[0]).to(hidden.device)
+        h = hidden[row, pos]
+        t_ids, t_lp = [], []
+        for a in range(0, len(pos), cfg.kd_chunk_size):
+            logits = torch.nn.functional.linear(h[a:a + cfg.kd_chunk_size], weight, bias)
+            top = teacher_topk(logits, cfg.cache.k, cfg.kd_temperature)
+            t_ids.append(top.ids.cpu())
+            t_lp.append(top.logprobs.cpu())
+        top_out.append((corpus.keys[i], targets, torch.cat(t_ids).numpy(), torch.cat(t_lp).numpy()))
+        if layers:
+            feats = torch.stack([hidden_states[layer][row, pos] for layer in layers], dim=1)
+            feat_out.append((corpus.keys[i], targets, feats.float().cpu().numpy()))
+        tokens += len(targets)
+    return top_out, feat_out, tokens
+
+
+def build_cache(cfg: Any, feature_layers: list[int] | None = None) -> dict:
+    """Run the teacher over ``cfg``'s corpus and fill ``cfg.teacher_cache`` (resumable): top-k
+    log-probs, and with ``feature_layers`` the teacher's hidden states at those layers."""
+    import contextlib
+
     import torch
 
     from pipeline.train import data as D
-    from pipeline.train.models import load_teacher, teacher_hidden
     from pipeline.train.loop import load_tokenizer
-    from pipeline.train.losses import teacher_topk
+    from pipeline.train.models import load_teacher, teacher_hidden
     from pipeline.train.tokenizer_check import check_vocab
 
     if not cfg.teacher_cache:
@@ -225,63 +335,68 @@ def build_cache(cfg: Any) -> dict:
     teacher, t_tok = load_teacher(cfg, device)
     check = check_vocab(t_tok, tokenizer, teacher.get_output_embeddings().weight.shape[0], None)
     vocab = check.vocab_size
-    _check_manifest(root, {"format": FORMAT, "teacher": str(cfg.teacher), "k": cfg.cache.k,
-                           "kd_temperature": cfg.kd_temperature, "logprob_dtype": cfg.cache.logprob_dtype,
-                           "vocab_size": vocab, "max_seq_len": cfg.max_seq_len})
+    width = teacher.config.hidden_size
+    manifest = {"format": FORMAT, "teacher": str(cfg.teacher), "k": cfg.cache.k, "kd_temperature": cfg.kd_temperature,
+                "logprob_dtype": cfg.cache.logprob_dtype, "vocab_size": vocab, "max_seq_len": cfg.max_seq_len}
+    if feature_layers:
+        manifest.update(feature_layers=list(feature_layers), feature_width=width,
+                        feature_dtype=cfg.features.cache_dtype, teacher_num_layers=teacher.config.num_hidden_layers)
+    _check_manifest(root, manifest)
     corpus = D.build_corpus(cfg, tokenizer, template)
     mine = [i for i in range(len(corpus)) if i % world == rank]
     t0 = time.perf_counter()
     tokens = 0
-    with TopKCacheWriter(root, rank, cfg.cache.k, cfg.cache.logprob_dtype) as writer:
-        todo = [i for i in mine if corpus.keys[i] not in writer.done]
+    head = teacher.get_output_embeddings()
+    head = (head.weight[:vocab], None if getattr(head, "bias", None) is None else head.bias[:vocab])
+    mine_tokens = sum(len(sample_targets(*corpus.sample(i))) for i in mine)
+    fwriter = _feature_writer(cfg, root, rank, feature_layers, width, mine_tokens)
+    with TopKCacheWriter(root, rank, cfg.cache.k, cfg.cache.logprob_dtype) as writer, \
+            (fwriter or contextlib.nullcontext()):
+        todo = [i for i in mine if corpus.keys[i] not in writer.done
+                or (fwriter is not None and corpus.keys[i] not in fwriter.done)]
         todo.sort(key=lambda i: -int(corpus.lengths[i]))  # similar lengths per batch: less padding
         progress = None
         if cfg.progress:
             from tqdm.auto import tqdm
 
             progress = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="distill kd cache", unit="sample")
-        bs = cfg.cache.batch_size
-        for start in range(0, len(todo), bs):
-            group = todo[start:start + bs]
+        for start in range(0, len(todo), cfg.cache.batch_size):
+            group = todo[start:start + cfg.cache.batch_size]
             batch = D.to_device(D.collate(corpus, [(i,) for i in group], pad_id=tokenizer.pad_token_id,
                                           packing=False), device)
             with torch.no_grad():
-                hidden = teacher_hidden(teacher, batch)
-                weight = teacher.get_output_embeddings().weight[:vocab]
-                bias = getattr(teacher.get_output_embeddings(), "bias", None)
-                out = []
-                for row, i in enumerate(group):
-                    ids, trained = corpus.sample(i)
-                    targets = sample_targets(ids, trained)
-                    pos = torch.from_numpy(np.nonzero(trained[1:])[0]).to(device)
-                    h = hidden[row, pos]
-                    t_ids, t_lp = [], []
-                    for a in range(0, len(pos), cfg.kd_chunk_size):
-                        logits = torch.nn.functional.linear(h[a:a + cfg.kd_chunk_size], weight,
-                                                            None if bias is None else bias[:vocab])
-                        top = teacher_topk(logits, cfg.cache.k, cfg.kd_temperature)
-                        t_ids.append(top.ids.cpu())
-                        t_lp.append(top.logprobs.cpu())
-                    out.append((corpus.keys[i], targets, torch.cat(t_ids).numpy(), torch.cat(t_lp).numpy()))
-                    tokens += len(targets)
-            writer.write(out)
+                states = teacher_hidden(teacher, batch, layers=True)
+                top_rows, feat_rows, n = _teacher_rows(cfg, corpus, group, states, head, vocab, feature_layers)
+            tokens += n
+            writer.write(top_rows)
+            if fwriter is not None:
+                fwriter.write(feat_rows)
             if progress is not None:
                 progress.update(len(group))
         if progress is not None:
             progress.close()
-        written = writer.bytes_written
-    elapsed = time.perf_counter() - t0
+        written = writer.bytes_written + (fwriter.bytes_written if fwriter is not None else 0)
+    return _finish_cache(cfg, root, corpus, rank, world, len(todo), tokens, written, time.perf_counter() - t0,
+                         vocab, check.warnings, feature_layers)
+
+
+def _finish_cache(cfg: Any, root: Path, corpus: Any, rank: int, world: int, done_now: int, tokens: int, written: int,
+                  elapsed: float, vocab: int, warnings: list, feature_layers: list[int] | None) -> dict:
     summary = {"stage": "kd cache", "teacher_cache": str(root), "samples": len(corpus), "part": rank,
-               "parts": world, "samples_this_run": len(todo), "trained_tokens_this_run": tokens,
+               "parts": world, "samples_this_run": done_now, "trained_tokens_this_run": tokens,
                "bytes_this_run": written, "bytes_per_token": written / tokens if tokens else None,
                "elapsed_s": round(elapsed, 3), "tokens_per_s": tokens / elapsed if elapsed > 0 else None,
                "k": cfg.cache.k, "kd_temperature": cfg.kd_temperature, "vocab_size": vocab,
-               "warnings": check.warnings}
+               "feature_layers": feature_layers, "warnings": warnings}
     cache = TopKCache(root)
-    summary["complete"] = all(k in cache.entries for k in corpus.keys)
+    complete = all(k in cache.entries for k in corpus.keys)
+    if feature_layers:
+        feats = FeatureCache(root)
+        complete = complete and all(k in feats.store.entries for k in corpus.keys)
+    summary["complete"] = complete
     summary["cached_samples"] = len(cache)
     if rank == 0:
         write_json_atomic(root / "summary.json", summary)
-    log.info("kd cache: %d samples (%d this run, %d trained tokens, %.1f MB) in %.1fs -> %s", len(cache), len(todo),
+    log.info("kd cache: %d samples (%d this run, %d trained tokens, %.1f MB) in %.1fs -> %s", len(cache), done_now,
              tokens, written / 1e6, elapsed, root)
     return summary
