@@ -70,6 +70,10 @@ class KDConfig(TrainConfig):
     teacher_cache: str | None = Field(None, description="folder of `distill kd cache` (top-k teacher log-probs); "
                                                         "used for training when complete")
     cache: TopKCacheConfig = Field(default_factory=TopKCacheConfig, description="top-k cache settings")
+    memory_check: bool = Field(True, description="estimate teacher + student + optimizer + activations before "
+                                                 "loading and stop with a suggestion when over 90% of the budget")
+    memory_budget_gb: float | None = Field(None, gt=0, description="memory budget for memory_check (default: the "
+                                                                   "CUDA device's memory, or available RAM on CPU)")
     features: FeatureKDConfig | None = Field(None, description="feature distillation: hidden states at mapped "
                                                                "layers through learned projections (off when unset)")
 
@@ -260,8 +264,24 @@ def run(cfg: KDConfig) -> dict:
     from pipeline.locking import launcher_output_lock
 
     _check_sources(cfg, teacher_needed=not _cache_ready(cfg))
+    memory = _memory_plan(cfg)
     with launcher_output_lock(cfg.output_dir, "distill kd"), storage_errors(cfg.output_dir):
-        return _train(cfg)
+        return _train(cfg, memory)
+
+
+def _memory_plan(cfg: KDConfig) -> dict:
+    """:func:`~pipeline.train.memory_plan.plan_or_stop` for this config (before any weights load)."""
+    import torch
+
+    from pipeline.train.memory_plan import model_facts, plan_or_stop
+
+    if not cfg.memory_check:
+        return {}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    same_device = cfg.teacher_device is None or torch.device(cfg.teacher_device).type == device
+    teacher = model_facts(cfg.teacher) if cfg.teacher and same_device and not _cache_ready(cfg) else None
+    budget = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * 1e9)
+    return plan_or_stop(cfg, model_facts(cfg.model), teacher, device, budget)
 
 
 def _check_sources(cfg: KDConfig, teacher_needed: bool) -> None:
@@ -273,10 +293,10 @@ def _check_sources(cfg: KDConfig, teacher_needed: bool) -> None:
         check_model_source(cfg.teacher, "teacher")
 
 
-def _train(cfg: KDConfig) -> dict:
+def _train(cfg: KDConfig, memory: dict) -> dict:
     from pipeline.train.loop import run_training
 
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"memory_plan": memory}
     features = _feature_setup(cfg)
     return run_training(cfg, _make_loss_factory(cfg, info, features), stage="kd",
                         summary_extra=lambda summary: _summary_fields(cfg, info),
