@@ -136,6 +136,9 @@ def make_accelerator(cfg: TrainConfig):
     # reset them. The process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
+    from pipeline.train.cpu_fsdp import enable_fsdp_on_cpu
+
+    enable_fsdp_on_cpu()  # an FSDP launch config on CPU processes: FSDP, not a silent DDP
     kwargs: dict[str, Any] = {"gradient_accumulation_steps": cfg.grad_accum,
                               "project_config": ProjectConfiguration(project_dir=cfg.output_dir)}
     mp = _mixed_precision(cfg)
@@ -312,6 +315,7 @@ def save_final(accelerator, model, tokenizer, cfg: TrainConfig, out: Path, chat_
         if state_dict is None:
             state_dict = to_save.state_dict()
         state_dict = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state_dict.items()}
+        state_dict = _alias_tied(state_dict, to_save)  # after .to(dtype), which unshares them
         to_save.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         _set_config_dtype(tmp / "config.json", dtype)
         tokenizer.chat_template = chat_template
@@ -320,6 +324,22 @@ def save_final(accelerator, model, tokenizer, cfg: TrainConfig, out: Path, chat_
             shutil.rmtree(out)
         os.replace(tmp, out)
     accelerator.wait_for_everyone()
+    return out
+
+
+def _alias_tied(state_dict: dict, model) -> dict:
+    """Tied parameters (``lm_head.weight`` = ``embed_tokens.weight``) as one tensor under both names.
+
+    A gathered FSDP state dict, or any converted to another dtype, holds separate copies, which
+    ``save_pretrained`` (it finds ties by storage) would write twice; aliasing them lets it keep
+    only the main one.
+    """
+    first: dict[int, str] = {}
+    out = dict(state_dict)
+    for name, p in model.named_parameters(remove_duplicate=False):
+        kept = first.setdefault(id(p), name)
+        if kept != name and kept in out and name in out:
+            out[name] = out[kept]
     return out
 
 
@@ -705,11 +725,16 @@ def _start_log(run: _Run) -> None:
 
 
 def _param_checksums(accelerator, model) -> list[float]:
-    """Sum of |trainable params| on each rank (equal across ranks when DDP kept them in sync)."""
+    """Sum of |trainable params| each rank holds: under DDP the whole model (equal across ranks when
+    DDP kept them in sync); under FSDP2 the rank's shard of each DTensor (the ranks' values sum to
+    the model's)."""
     import torch
 
+    def local(p):
+        return p.to_local() if hasattr(p, "to_local") else p
+
     with torch.no_grad():
-        s = sum(p.detach().float().abs().sum() for p in model.parameters() if p.requires_grad)
+        s = sum(local(p).detach().float().abs().sum() for p in model.parameters() if p.requires_grad)
         s = torch.as_tensor(s, dtype=torch.float64, device=accelerator.device).reshape(1)
     return [float(x) for x in accelerator.gather(s).tolist()]
 
