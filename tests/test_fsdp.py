@@ -24,14 +24,14 @@ from pipeline.train.sft import SFTConfig, run
 STEPS, SAVE_EVERY = 4, 2
 
 
-def launch(accelerate_config: str, sft_yaml: Path, *extra: str) -> None:
+def launch(accelerate_config: str, sft_yaml: Path, *extra: str, num_processes: int | None = None) -> None:
     """``accelerate launch --config_file configs/accelerate/<accelerate_config> -m pipeline.cli sft``
     on 2 CPU processes (ACCELERATE_USE_CPU=true is what makes them CPU/gloo ranks)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(REPO / "configs" / "accelerate" / accelerate_config), "--main_process_port", str(_free_port()),
-           "-m", "pipeline.cli", "sft", "--config", str(sft_yaml), *extra]
+           *(["--num_processes", str(num_processes)] if num_processes else []), "-m", "pipeline.cli", "sft", "--config", str(sft_yaml), *extra]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]
 
@@ -92,12 +92,14 @@ def test_fsdp2_final_model_is_whole_and_loads(runs, tiny_model_dir):
 @pytest.mark.slow
 def test_fsdp2_resume_from_sharded_checkpoint(runs):
     """A run resumed from the FSDP2 (sharded, distributed-checkpoint) step-2 checkpoint ends with the
-    uninterrupted run's weights."""
+    uninterrupted run's weights. It resumes under the shipped GPU config ``fsdp.yaml`` (2 processes;
+    the sft config's ``dtype: fp32`` overrides its bf16), so that config is checked to run too, with
+    its rank-0 loading (``fsdp_cpu_ram_efficient_loading``) and explicit layer class to wrap."""
     cfg, path = make_cfg(runs["tmp"], Path(runs["fsdp"].model), "resumed", runs["data"], grad_accum=1,
                          max_steps=STEPS, save_every=SAVE_EVERY)
     src = Path(runs["fsdp"].output_dir) / "checkpoints" / f"step-{SAVE_EVERY:08d}"
     shutil.copytree(src, Path(cfg.output_dir) / "checkpoints" / src.name)
-    launch("fsdp2_cpu_2proc.yaml", path, "--resume")
+    launch("fsdp.yaml", path, "--resume", num_processes=2)
     resumed = summary(cfg)
     assert resumed["resumed_from_step"] == SAVE_EVERY
     assert_same_weights(weights(resumed["model_dir"]), weights(summary(runs["fsdp"])["model_dir"]), atol=1e-6)
