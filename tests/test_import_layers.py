@@ -18,7 +18,6 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ["filters"]
 KNOWN_PIPELINE_CYCLES = {
     frozenset({"pipeline.choices", "pipeline.grading"}),  # choices needs Grade/extract_boxed, grade() dispatches to it
-    frozenset({"pipeline.evaluate.benchmarks", "pipeline.evaluate.code_sets"}),
 }
 
 

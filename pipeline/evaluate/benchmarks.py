@@ -235,7 +235,8 @@ def load_problems(spec: BenchmarkSpec | str, hf_fallback: bool = True) -> list[P
     if spec.layout in ("humaneval", "mbpp", "code"):
         from pipeline.evaluate.code_sets import load_code_problems
 
-        out = load_code_problems(_rows(spec), spec)
+        out = [Problem(t.id, t.text, "", t.line, meta={"tests": t.tests, "decontam_text": t.decontam_text})
+               for t in load_code_problems(_rows(spec), spec)]
         if not out:
             raise RecordError(spec.path, None, f"benchmark {spec.name} has no problems")
         return out

@@ -1,7 +1,7 @@
 """Code benchmarks: HumanEval, MBPP (the 500-task test split) and any JSONL with a ``tests`` field.
 
-Each problem becomes a :class:`~pipeline.evaluate.benchmarks.Problem` whose ``answer`` is empty and
-whose ``meta["tests"]`` holds the tests in the record format of :mod:`pipeline.code.tests`; the
+Each problem is a :class:`CodeTask`, which the benchmark loader turns into a problem whose
+``answer`` is empty and whose ``meta["tests"]`` holds the tests in the record format of :mod:`pipeline.code.tests`; the
 response is graded by running the program it ends with (:mod:`pipeline.code.verify`).
 
 Prompt texts and tests come from :mod:`pipeline.code.datasets` (the ``code_function`` template then
@@ -12,20 +12,28 @@ asks for the solution in one ```python block). ``mbpp`` keeps only rows whose ``
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.code.datasets import REQUIRED, code_problem, decontam_text
 from pipeline.code.tests import TestsError, parse_tests
 from pipeline.records import RecordError
 
-__all__ = ["load_code_problems"]
+__all__ = ["CodeTask", "load_code_problems"]
 
 
-def load_code_problems(rows: Iterable[tuple[str, int, dict[str, Any]]], spec: Any) -> list[Any]:
-    """Problems of a code benchmark from ``(source, line, row)``, validated, first ``spec.limit``."""
-    from pipeline.evaluate.benchmarks import Problem
+@dataclass(frozen=True)
+class CodeTask:
+    id: str
+    text: str  # the prompt text
+    line: int
+    tests: Any  # the tests field (pipeline.code.tests), validated
+    decontam_text: str  # the task's own words, for n-gram decontamination
 
-    out: list[Any] = []
+
+def load_code_problems(rows: Iterable[tuple[str, int, dict[str, Any]]], spec: Any) -> list[CodeTask]:
+    """Tasks of a code benchmark from ``(source, line, row)``, validated, first ``spec.limit``."""
+    out: list[CodeTask] = []
     seen: dict[str, int] = {}
     for n, (src, line, row) in enumerate(rows):
         if spec.limit is not None and len(out) >= spec.limit:
@@ -43,6 +51,5 @@ def load_code_problems(rows: Iterable[tuple[str, int, dict[str, Any]]], spec: An
             raise RecordError(src, line, f"duplicate problem id {pid!r} (first at line {seen[pid]})",
                               field=spec.id_column or "id")
         seen[pid] = line
-        out.append(Problem(pid, text, "", line,
-                           meta={"tests": tests, "decontam_text": decontam_text(row, spec.layout, spec.problem_column)}))
+        out.append(CodeTask(pid, text, line, tests, decontam_text(row, spec.layout, spec.problem_column)))
     return out
