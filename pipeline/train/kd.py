@@ -33,6 +33,7 @@ from pipeline.cliutil import add_stage_action, add_stage_parser, config_from_arg
 from pipeline.config import ConfigError, Section
 from pipeline.train.config import TrainConfig
 from pipeline.train.feature_kd import FeatureKDConfig
+from pipeline.train.on_policy import OnPolicyConfig
 from pipeline.train.models import load_teacher, teacher_hidden
 
 __all__ = ["KDConfig", "TopKCacheConfig", "run", "build_teacher_cache", "register"]
@@ -74,6 +75,9 @@ class KDConfig(TrainConfig):
                                                  "loading and stop with a suggestion when over 90% of the budget")
     memory_budget_gb: float | None = Field(None, gt=0, description="memory budget for memory_check (default: the "
                                                                    "CUDA device's memory, or available RAM on CPU)")
+    on_policy: OnPolicyConfig | None = Field(None, description="GKD: the student samples its own sequences for a "
+                                                               "lmbda share of micro-batches and the teacher scores "
+                                                               "them (live teacher; off when unset)")
     features: FeatureKDConfig | None = Field(None, description="feature distillation: hidden states at mapped "
                                                                "layers through learned projections (off when unset)")
 
@@ -81,6 +85,8 @@ class KDConfig(TrainConfig):
     def _needs_a_teacher(self) -> "KDConfig":
         if not self.teacher and not self.teacher_cache:
             raise ValueError("set teacher (a model) or teacher_cache (a `distill kd cache` folder)")
+        if self.on_policy is not None and not self.teacher:
+            raise ValueError("on_policy: needs teacher (a model): the teacher scores the student's own samples")
         return self
 
 
@@ -172,8 +178,11 @@ class KDLoss:
 
 
 def _cache_ready(cfg: KDConfig) -> bool:
-    return bool(cfg.teacher_cache) and (Path(cfg.teacher_cache) / "summary.json").is_file() and json.loads(
-        (Path(cfg.teacher_cache) / "summary.json").read_text(encoding="utf-8")).get("complete", False)
+    """Train from the top-k cache: it is complete and the teacher need not score new sequences."""
+    if cfg.on_policy is not None or not cfg.teacher_cache:
+        return False
+    path = Path(cfg.teacher_cache) / "summary.json"
+    return path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("complete", False)
 
 
 def _feature_setup(cfg: KDConfig) -> tuple[Any, Any] | None:
@@ -218,6 +227,20 @@ def _feature_term(cfg: KDConfig, features: tuple[Any, Any] | None, corpus: Any, 
     return FeatureTerm(cfg.features, plan, projector, cache)
 
 
+def _on_policy_loss(cfg: KDConfig, ctx: Any, off: KDLoss, teacher: Any, vocab: int, info: dict):
+    """GKD: ``off`` on data micro-batches, JSD(beta) without CE on the student's own samples otherwise."""
+    from pipeline.train.models import weights_sharded
+    from pipeline.train.on_policy import OnPolicyLoss
+
+    if weights_sharded(ctx.accelerator):
+        raise ConfigError("on_policy: the student samples with its whole weights; not with FSDP/ZeRO-3 sharding")
+    opc = cfg.on_policy
+    on_cfg = cfg.model_copy(update={"kd_loss": "jsd", "kd_beta": opc.beta, "kd_alpha": 1.0})
+    on = KDLoss(on_cfg, ctx.accelerator, ctx.tokenizer, ctx.corpus, teacher=teacher, vocab_size=vocab)
+    info.update(on_policy=opc.model_dump())
+    return OnPolicyLoss(cfg, ctx.accelerator, off, on, ctx.corpus.stop_ids, ctx.tokenizer.pad_token_id)
+
+
 def _make_loss_factory(cfg: KDConfig, info: dict, features: tuple[Any, Any] | None = None):
     def make_loss(ctx) -> KDLoss:
         import torch
@@ -253,7 +276,7 @@ def _make_loss_factory(cfg: KDConfig, info: dict, features: tuple[Any, Any] | No
         loss = KDLoss(cfg, ctx.accelerator, ctx.tokenizer, ctx.corpus, teacher=teacher, vocab_size=check.vocab_size,
                       features=_feature_term(cfg, features, ctx.corpus, False, info))
         info["fused"] = loss.fused
-        return loss
+        return loss if cfg.on_policy is None else _on_policy_loss(cfg, ctx, loss, teacher, check.vocab_size, info)
 
     return make_loss
 
