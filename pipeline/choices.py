@@ -27,7 +27,9 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
+from pipeline.answer_extract import extract_boxed
 from pipeline.chat import THINK_CLOSE
+from pipeline.verdict import Grade
 
 __all__ = ["LETTERS", "extract_choice", "grade_choice", "choices_of", "letter_of", "format_options",
            "is_letter_reference"]
@@ -108,8 +110,6 @@ def _read_candidate(cand: str, choices: Sequence[str] | None, boxed: bool) -> tu
 
 def _candidates(final: str) -> list[tuple[str, bool]]:
     """Final-answer candidates, most authoritative first: ``(text, from_a_box)``."""
-    from pipeline.grading import extract_boxed
-
     out: list[tuple[str, bool]] = []
     boxed = extract_boxed(final)
     if boxed is not None:
@@ -143,8 +143,6 @@ def extract_choice(response: str, choices: Sequence[str] | None = None) -> tuple
 def grade_choice(response: str, reference: str, choices: Sequence[str] | None = None,
                  require_think: bool = True) -> Any:
     """Grade one multiple-choice response; ``reference`` is the right letter. Never raises."""
-    from pipeline.grading import Grade
-
     if require_think and THINK_CLOSE not in response:
         return Grade(False, None, "unclosed_think")
     ref = letter_of(reference, choices)

@@ -27,23 +27,15 @@ import logging
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from pipeline.answer_extract import THINK_CLOSE, extract_answer, extract_boxed
 from pipeline.answer_forms import _THOUSANDS_RE, cheap_verdict, light_form, normalize_answer, too_large
+from pipeline.verdict import STATUSES, Grade
 
 __all__ = ["Grade", "extract_answer", "extract_boxed", "normalize_answer", "grade", "grade_many", "equivalent",
            "warm_up", "limit_worker_memory", "STATUSES"]
 
 log = logging.getLogger(__name__)
-STATUSES = ("correct", "wrong", "no_answer", "unclosed_think", "timeout", "error")
-
-
-@dataclass(frozen=True)
-class Grade:
-    correct: bool
-    extracted: str | None
-    status: str  # one of STATUSES
 
 
 # --------------------------------------------------------------------------- equality
