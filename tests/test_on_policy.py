@@ -74,3 +74,15 @@ def test_gkd_trains_and_resumes_exactly(tmp_path, tiny_model_dir, tiny_teacher_d
     assert_same_weights(weights(straight["model_dir"]), weights(resumed["model_dir"]))
     again = [json.loads(x)["gkd"] for x in (Path(killed.output_dir) / "metrics.jsonl").read_text().splitlines()]
     assert again == pytest.approx(gkd, rel=1e-5)
+
+
+def test_demo_white_box_rows_configure_feature_and_on_policy_students(tmp_path):
+    from pipeline.demo.stage import DemoConfig, _student_config
+
+    cfg = DemoConfig.model_validate({"student": {"white_box": ["features", "on_policy"]}})
+    made = {name: _student_config(cfg, "init", ["kept.jsonl"], tmp_path / "train" / name, "teacher")
+            for name in ("kd", "kd_features", "kd_on_policy")}
+    assert made["kd"].features is None and made["kd"].on_policy is None
+    assert made["kd_features"].features.num_layers == 2 and made["kd_features"].on_policy is None
+    assert made["kd_on_policy"].on_policy.lmbda == 0.5 and made["kd_on_policy"].features is None
+    assert {c.seed for c in made.values()} == {cfg.seed} and len({c.max_steps for c in made.values()}) == 1

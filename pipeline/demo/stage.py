@@ -33,7 +33,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -95,6 +95,10 @@ class StudentConfig(Section):
     train: TrainSettings = Field(default_factory=TrainSettings, description="each student's training")
     kd_alpha: float = Field(0.5, ge=0, le=1, description="kd: weight of the KL term")
     kd_temperature: float = Field(1.0, gt=0, description="kd: softmax temperature")
+    white_box: list[Literal["features", "on_policy"]] = Field(
+        default_factory=list, description="extra KD students, each a Pass@1 row at the same steps and seed: "
+                                          "features (logit KD + hidden states at 2 mapped layers, from the cache), "
+                                          "on_policy (GKD, lmbda 0.5, beta 0.5, live teacher)")
 
 
 class EvalSampling(Section):
@@ -295,8 +299,9 @@ def _run(cfg: DemoConfig) -> dict[str, Any]:
                               max_position_embeddings=cfg.max_position_embeddings, seed=cfg.seed + 1)
     unfiltered = sorted(str(p) for p in (out / "generate").glob("shard-*.jsonl"))
     students = {}
-    for name, data, kd in (("sft", [str(kept)], False), ("sft_unfiltered", unfiltered, False),
-                           ("kd", [str(kept)], True)):
+    runs = [("sft", [str(kept)], False), ("sft_unfiltered", unfiltered, False), ("kd", [str(kept)], True)]
+    runs += [(f"kd_{kind}", [str(kept)], True) for kind in s.white_box]
+    for name, data, kd in runs:
         train_cfg = _student_config(cfg, str(init_dir), data, out / "train" / name, teacher_dir if kd else None)
         students[name] = steps.run(f"train_{name}", [train_cfg.model_dump(), teacher["key"]],
                                    lambda c=train_cfg, k=kd: _train(c, k), folder=out / "train" / name)
@@ -308,6 +313,8 @@ def _run(cfg: DemoConfig) -> dict[str, Any]:
     trained = [ModelSpec(model=students["sft"]["model_dir"], label="student SFT (filtered)"),
                ModelSpec(model=students["kd"]["model_dir"], label="student KD (filtered)"),
                ModelSpec(model=students["sft_unfiltered"]["model_dir"], label="student SFT (unfiltered)")]
+    trained += [ModelSpec(model=students[f"kd_{kind}"]["model_dir"], label=f"student KD {kind.replace('_', '-')} "
+                          "(filtered)") for kind in s.white_box]
     models_key = [teacher["key"], {k: v.get("final_loss") for k, v in students.items()}]
     eval_cfg = _eval_config(cfg, [teacher_spec, ModelSpec(model=str(init_dir), label="student (untrained)"), *trained],
                             cfg.eval, test_path, out / "eval")
@@ -403,16 +410,22 @@ def _student_config(cfg: DemoConfig, init_dir: str, data: list[str], out: Path, 
 
     # The teacher runs once over the kept traces (`distill kd cache`: top-64 log-probs of a 400-token vocabulary
     # plus the rest bucket), not once per step: the KD student then trains as fast as the SFT one.
+    extra: dict[str, Any] = {}
+    if out.name == "kd_features":
+        extra["features"] = {"num_layers": 2, "loss": "mse", "weight": 0.1}
+    elif out.name == "kd_on_policy":  # GKD needs the live teacher: it scores the student's own samples
+        extra["on_policy"] = {"lmbda": 0.5, "beta": 0.5, "max_new_tokens": s.train.max_seq_len // 2}
     return KDConfig(**common, teacher=teacher, teacher_dtype="fp32", kd_loss="forward_kl",
                     kd_alpha=s.kd_alpha, kd_temperature=s.kd_temperature, teacher_cache=str(out / "teacher_cache"),
-                    cache=TopKCacheConfig(k=64, logprob_dtype="float32", batch_size=32))
+                    cache=TopKCacheConfig(k=64, logprob_dtype="float32", batch_size=32), **extra)
 
 
 def _train(train_cfg, kd: bool) -> dict:
     if kd:
         from pipeline.train.kd import build_teacher_cache, run as kd_run
 
-        build_teacher_cache(train_cfg)
+        if train_cfg.on_policy is None:
+            build_teacher_cache(train_cfg)
         return _jsonable(kd_run(train_cfg))
     from pipeline.train.sft import run as sft_run
 
