@@ -127,8 +127,8 @@ def write_card(cfg: MixConfig, summary: dict[str, Any], shards: list[dict[str, A
     nd = cfg.near_dedup
     lines += ["", "Exact duplicates: the same prompt and response (copies that differ only in case or "
               "whitespace have equal MinHash signatures and go as near duplicates). Near duplicates: "
-              f"one-permutation MinHash ({nd.num_perm} bins, {nd.shingle_words}-word shingles over the prompt and the response's first "
-              f"{nd.window_words} words), estimated Jaccard >= {nd.threshold}" + ("" if nd.enabled else " (off)")
+              f"one-permutation MinHash ({nd.num_perm} bins, {nd.shingle_words}-word shingles over the prompt and "
+              f"the response's first {nd.window_words} words), estimated Jaccard >= {nd.threshold}" + ("" if nd.enabled else " (off)")
               + ". The copy from the earlier source in the mix order is kept.", "",
               "## Completion lengths", ""] + [f"![{p}]({p})" for p in pngs] + [""]
     lines += ["## Filtering (per source, first failed rule)", ""]

@@ -1,10 +1,11 @@
 """Duplicates across sources, on pass-1 arrays (no records in memory).
 
-* exact: equal digests of prompt + response (:mod:`pipeline.mix.scan`); the first
-  record in priority order (source order in the config, then file and line order) is kept.
-* near: MinHash LSH over one-permutation signatures (:mod:`pipeline.mix.minhash`). Each of ``bands`` bands of the signature is hashed to 64 bits; records that
-  share a band value are candidates (found by sorting, per band, so memory stays linear); each
-  candidate pair is confirmed by the signatures' Jaccard estimate >= ``threshold`` (bins empty in both ignored); then, in
+* exact: equal digests of prompt + response (:mod:`pipeline.mix.scan`); the first record in
+  priority order (source order in the config, then file and line order) is kept.
+* near: LSH over one-permutation MinHash signatures (:mod:`pipeline.mix.minhash`). Each of
+  ``bands`` bands of a signature is hashed to 64 bits; records that share a band value are
+  candidates (found by sorting, per band, so memory stays linear); each candidate pair is confirmed
+  by the signatures' Jaccard estimate >= ``threshold`` (bins empty in both ignored); then, in
   priority order, a record is dropped when it matches a record that was kept. Candidates are taken
   among the ``MAX_NEIGHBOURS`` nearest in each sorted band, which bounds the pairs on huge clusters.
 """

@@ -143,7 +143,8 @@ def _commands(cfg: MixConfig, reports: dict[str, Any]) -> list[str]:
                 lines.append(f"distill generate --config {gen_cfg}   # {s.name}: teacher samples")
         if rep.get("command"):
             lines.append(f"{rep['command']}   # {s.name}: filter")
-    lines.append("distill mix --config mix_config.yaml   # this corpus (its resolved config, flags included, is saved next to it)")
+    lines.append("distill mix --config mix_config.yaml   # this corpus (its resolved config, flags included, "
+                 "is saved next to it)")
     return lines
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.mix.sources import facts_of
+from pipeline.records import write_json_atomic
 
 __all__ = ["SCHEMA", "FEATURES", "Spiller", "shard_tasks", "gather_shard", "to_row"]
 
@@ -171,5 +172,5 @@ def gather_shard(args: tuple[dict[str, Any], Path, list[str], int, bool]) -> dic
         _fsync_replace(jtmp, jdir / f"{name}.jsonl")
     _fsync_replace(tmp, final)
     result = {"name": name, "rows": len(entries), "num_bytes": int(nbytes), "file_bytes": final.stat().st_size}
-    info.write_text(json.dumps(result))
+    write_json_atomic(info, result)
     return result
