@@ -4,8 +4,8 @@
     python benchmarks/mix_scale.py --records 40000 --baseline-fraction 1   # a quick look
 
 1. Generates four filtered sources deterministically (seed 0) into ``--work`` (kept if present):
-   math 400K, code 130K, science 70K reasoning traces (~9.5 KB each) and general 200K
-   non-reasoning answers (~3.5 KB, empty think block): about 8 KB per record on average. The
+   math 404K, code 130K, science 70K reasoning traces (~9 KB each) and general 200K
+   non-reasoning answers (~3.5 KB, empty think block): 7.8 KB per record on average. The
    general source also holds 0.5% exact and 0.5% near copies (one word changed) of math records,
    which the mix must remove across sources.
 2. Times ``distill mix`` (a subprocess, ``--workers`` processes) over all of it: wall time, and the
