@@ -246,3 +246,36 @@ def test_shipped_mix_config_loads_and_names_its_command():
     cfg = load_config(MixConfig, path)
     assert sum(s.count for s in cfg.sources) == 800_000 and cfg.sources[-1].name == "general"
     assert "distill mix --config configs/mix/r1_800k.yaml" in path.read_text()
+
+
+def test_minhash_sees_case_and_whitespace_copies_as_equal_and_estimates_jaccard():
+    from pipeline.mix.minhash import batch_minhash, jaccard
+
+    rng = random.Random(5)
+    words = [rng.choice(WORDS) for _ in range(300)]
+    text = " ".join(words)
+    edited = " ".join(words[:150] + ["EDITED"] + words[151:])
+    sig = batch_minhash([text, "  " + text.upper().replace(" ", "\n "), edited, " ".join(reversed(words)), ""], 128, 5)
+    assert (sig[0] == sig[1]).all()  # the exact pass misses these copies; the near pass cannot
+    j = jaccard(sig[[0, 0, 0, 4]], sig[[2, 3, 4, 4]])
+    shingles = [{" ".join(w[i:i + 5]) for i in range(len(w) - 4)} for w in (words, edited.split())]
+    true = len(shingles[0] & shingles[1]) / len(shingles[0] | shingles[1])
+    assert abs(j[0] - true) < 0.06 and j[1] < 0.2 and j[2] == 0.0 and j[3] == 0.0
+
+
+def test_a_parquet_source_mixes_like_jsonl(tmp_path, sources):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.records import read_jsonl
+
+    rows = read_jsonl(sources["code"] / "kept.jsonl")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "code.parquet")
+    a = run(mix_cfg(sources, tmp_path / "a"))
+    b = run(mix_cfg(sources, tmp_path / "b", sources=[
+        {"name": "math", "path": str(sources["math"]), "count": 100},
+        {"name": "code", "path": str(tmp_path / "code.parquet"), "fraction": 0.5},
+        {"name": "general", "path": str(sources["general"])}]))
+    assert a["sources"] == b["sources"]
+    ids = [[r["id"] for r in parquet_rows(tmp_path / x, "train")] for x in ("a", "b")]
+    assert ids[0] == ids[1]
