@@ -126,14 +126,22 @@ def test_feature_kd_trains_resumes_exactly_and_saves_no_projection(tmp_path, tin
     assert straight["feature_layer_map"] == {2: 1, 3: 2} and straight["projection_params"] == 2 * 128 * 192
     saved = weights(straight["model_dir"])
     assert set(saved) == set(weights(tiny_model_dir))  # no projection in the student
-    killed = _cfg(tmp_path, tiny_model_dir, tiny_teacher_dir, output_dir=str(tmp_path / "b"), **base)
-    yml = tmp_path / "b.yaml"
-    yml.write_text(yaml.safe_dump(killed.model_dump(mode="json")))
-    p = run_cli(["kd", "--config", str(yml)], {"DISTILL_TEST_KILL": "step:5"})
-    assert p.returncode == -9, p.stderr[-2000:]
-    resumed = run(killed.model_copy(update={"resume": True}))
+    resumed, rows = kill_then_resume(_cfg(tmp_path, tiny_model_dir, tiny_teacher_dir, output_dir=str(tmp_path / "b"),
+                                          **base), kill_after=5)
     assert resumed["resumed_from_step"] == 4
     assert_same_weights(saved, weights(resumed["model_dir"]))
-    rows = [json.loads(x) for x in (Path(killed.output_dir) / "metrics.jsonl").read_text().splitlines()]
-    first = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["feat"] for r in rows] == pytest.approx([r["feat"] for r in first], rel=1e-5)
+    assert [r["feat"] for r in rows] == pytest.approx([r["feat"] for r in metrics(tmp_path / "a")], rel=1e-5)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def kill_then_resume(cfg, kill_after: int) -> tuple[dict, list[dict]]:
+    """``distill kd`` in a subprocess SIGKILLed after step ``kill_after``, then resumed here: the
+    resumed run's summary and its whole metrics log."""
+    yml = Path(cfg.output_dir).with_suffix(".yaml")
+    yml.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    p = run_cli(["kd", "--config", str(yml)], {"DISTILL_TEST_KILL": f"step:{kill_after}"})
+    assert p.returncode == -9, p.stderr[-2000:]
+    return run(cfg.model_copy(update={"resume": True})), metrics(cfg.output_dir)

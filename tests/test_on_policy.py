@@ -3,17 +3,14 @@ lowers the JSD on the student's samples, and a SIGKILLed run resumes to the same
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
-import yaml
 
 from pipeline.train.kd import run
 from pipeline.train.on_policy import OnPolicyConfig, batch_prompts, is_on_policy, sequence_batch, student_samples
+from tests.test_feature_kd import kill_then_resume, metrics
 from tests.test_kd import _cfg, _first_batch
-from tests.test_sft import assert_same_weights, run_cli, weights
+from tests.test_sft import assert_same_weights, weights
 
 
 def test_prompts_and_sequence_batch_by_hand():
@@ -59,21 +56,16 @@ def test_gkd_trains_and_resumes_exactly(tmp_path, tiny_model_dir, tiny_teacher_d
     base = dict(on_policy={"lmbda": 1.0, "beta": 0.5, "max_new_tokens": 12}, save_every=2, dtype="fp32",
                 max_steps=6, lr=3e-3)
     straight = run(_cfg(tmp_path, tiny_model_dir, tiny_teacher_dir, output_dir=str(tmp_path / "a"), **base))
-    rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(tmp_path / "a")
     assert all(r["on_policy"] == 1.0 and "gkd" in r and "kd" not in r for r in rows)
     gkd = [r["gkd"] for r in rows]
     assert sum(gkd[-2:]) < 0.8 * sum(gkd[:2]), gkd
     assert straight["on_policy"]["lmbda"] == 1.0
-    killed = _cfg(tmp_path, tiny_model_dir, tiny_teacher_dir, output_dir=str(tmp_path / "b"), **base)
-    yml = tmp_path / "b.yaml"
-    yml.write_text(yaml.safe_dump(killed.model_dump(mode="json")))
-    p = run_cli(["kd", "--config", str(yml)], {"DISTILL_TEST_KILL": "step:3"})
-    assert p.returncode == -9, p.stderr[-2000:]
-    resumed = run(killed.model_copy(update={"resume": True}))
+    resumed, again = kill_then_resume(_cfg(tmp_path, tiny_model_dir, tiny_teacher_dir,
+                                           output_dir=str(tmp_path / "b"), **base), kill_after=3)
     assert resumed["resumed_from_step"] == 2
     assert_same_weights(weights(straight["model_dir"]), weights(resumed["model_dir"]))
-    again = [json.loads(x)["gkd"] for x in (Path(killed.output_dir) / "metrics.jsonl").read_text().splitlines()]
-    assert again == pytest.approx(gkd, rel=1e-5)
+    assert [r["gkd"] for r in again] == pytest.approx(gkd, rel=1e-5)
 
 
 def test_demo_white_box_rows_configure_feature_and_on_policy_students(tmp_path):
