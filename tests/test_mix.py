@@ -77,6 +77,11 @@ def make_sources(root: Path, n: int = 120, words: int = 120) -> dict[str, Path]:
             fh.writelines(json.dumps(r) + "\n" for r in rows)
         if name == "math":
             (folder / "report.json").write_text(json.dumps(filter_report(len(rows), hits=3)))
+        if name == "code":  # what `distill filter` writes: its config, no command line
+            rep = filter_report(len(rows), hits=0)
+            del rep["command"]
+            rep["config"] = {"inputs": ["runs/gen-code"], "output_dir": "runs/f-code", "decontam": {"n": 13}}
+            (folder / "report.json").write_text(json.dumps(rep))
         out[name] = folder
     return out
 
@@ -141,6 +146,8 @@ def test_mix_quotas_dedup_split_card_and_datasets_load(tmp_path, sources):
                                                 "num_examples": 252}
     assert "math500 (500 problems, sha256 abababababab) for shared 13-word spans; 3 of" in card and "-10 format" in card
     assert "distill filter --config configs/filter/r1.yaml" in card and "distill mix --config mix_config.yaml" in card
+    assert "distill filter --config filter_configs/code.yaml" in card
+    assert yaml.safe_load((out / "filter_configs" / "code.yaml").read_text())["output_dir"] == "runs/f-code"
     assert (out / "lengths_reasoning.png").stat().st_size > 0 and (out / "lengths_non_reasoning.png").is_file()
     with pytest.raises(RecordError, match="no 'test' split"):
         split_files(out, "test")

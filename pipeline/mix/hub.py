@@ -19,7 +19,8 @@ from pipeline.mix.config import HubConfig
 __all__ = ["check_hub", "push", "UPLOAD_PATTERNS"]
 
 log = logging.getLogger(__name__)
-UPLOAD_PATTERNS = ["README.md", "data/*.parquet", "jsonl/*.jsonl", "*.png", "mix_report.json"]
+UPLOAD_PATTERNS = ["README.md", "data/*.parquet", "jsonl/*.jsonl", "*.png", "mix_report.json", "mix_config.yaml",
+                   "filter_configs/*.yaml"]
 
 
 def _api(cfg: HubConfig) -> tuple[Any, str]:

@@ -9,6 +9,7 @@ Output folder (a Hugging Face dataset repo as is)::
     README.md                         dataset card (YAML header: configs, features, sizes)
     lengths_<kind>.png                completion-length histograms
     mix_config.yaml                   the resolved config (`distill mix --config` it to rebuild)
+    filter_configs/<source>.yaml      each source's filter config, from its report.json
     mix_report.json                   counts, dedup, quotas; written last: marks a finished mix
 
 The work happens in ``<output>/.partial/``: pass 1 per source (:mod:`pipeline.mix.scan`, which also
@@ -55,7 +56,7 @@ def _fingerprint(cfg: MixConfig, files: list[list[Path]]) -> str:
 
 
 def _clear(out: Path) -> None:
-    for name in (PARTIAL, "data", "jsonl"):
+    for name in (PARTIAL, "data", "jsonl", "filter_configs"):
         shutil.rmtree(out / name, ignore_errors=True)
     for f in [out / REPORT, out / "README.md", out / "mix_config.yaml", *out.glob("lengths_*.png")]:
         f.unlink(missing_ok=True)
@@ -131,7 +132,20 @@ def _write(cfg: MixConfig, scans: list[Any], plan: Any, work: Path, workers: int
     return shards
 
 
-def _commands(cfg: MixConfig, reports: dict[str, Any]) -> list[str]:
+def _filter_configs(cfg: MixConfig, reports: dict[str, Any], out: Path) -> dict[str, str]:
+    """Each source's filter config (from its report.json) as ``filter_configs/<name>.yaml``, rerunnable."""
+    written = {}
+    for s in cfg.sources:
+        conf = (reports.get(s.name) or {}).get("config")
+        if isinstance(conf, dict):
+            name = f"filter_configs/{s.name}.yaml"
+            write_text_atomic(out / name, f"# distill filter --config {name}\n"
+                              + yaml.safe_dump(conf, sort_keys=False, allow_unicode=True))
+            written[s.name] = name
+    return written
+
+
+def _commands(cfg: MixConfig, reports: dict[str, Any], filter_cfgs: dict[str, str]) -> list[str]:
     lines = []
     if cfg.command:
         lines += ["# the sources"] + cfg.command.strip().splitlines()
@@ -143,6 +157,8 @@ def _commands(cfg: MixConfig, reports: dict[str, Any]) -> list[str]:
                 lines.append(f"distill generate --config {gen_cfg}   # {s.name}: teacher samples")
         if rep.get("command"):
             lines.append(f"{rep['command']}   # {s.name}: filter")
+        elif s.name in filter_cfgs:
+            lines.append(f"distill filter --config {filter_cfgs[s.name]}   # {s.name}: filter (config from its report)")
     lines.append("distill mix --config mix_config.yaml   # this corpus (its resolved config, flags included, "
                  "is saved next to it)")
     return lines
@@ -165,7 +181,7 @@ def _finalize(cfg: MixConfig, out: Path, work: Path, scans: list[Any], plan: Any
     reports = {s.name: filter_report(s.path) for s in cfg.sources}
     write_text_atomic(out / "mix_config.yaml", "# distill mix --config mix_config.yaml\n"
                       + yaml.safe_dump(cfg.model_dump(mode="json", exclude={"overwrite", "hub"}), sort_keys=False))
-    write_text_atomic(out / "README.md", write_card(cfg, summary, shards, reports, _commands(cfg, reports), pngs))
+    write_text_atomic(out / "README.md", write_card(cfg, summary, shards, reports, _commands(cfg, reports, _filter_configs(cfg, reports, out)), pngs))
     report = {"fingerprint": fp, "output_dir": str(out), **summary, "completion_tokens": lengths,
               "shards": shards, "seconds": round(seconds, 1)}
     write_json_atomic(out / REPORT, report)
