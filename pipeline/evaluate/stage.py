@@ -242,17 +242,31 @@ class _LazyBackend:
 
 def run_one(cfg: EvalConfig, model: str, label: str, revision: str | None, out: Path) -> dict[str, Any]:
     """Evaluate one model on every benchmark into ``out``; returns the results dict."""
+    from pipeline.evaluate.reference import match_reference
     from pipeline.evaluate.report import write_run_report
-    from pipeline.evaluate.reference import PAPER, match_reference
-    from pipeline.evaluate.run import grade_into, load_graded, metrics_from_graded, resolve_workers, \
-        samples_from_generations, sample_key
-    from pipeline.generate.config import GenerateConfig
-    from pipeline.prompts import PromptSourceConfig
-    from pipeline.records import ShardWriter
+    from pipeline.evaluate.run import resolve_workers
 
+    specs, problems = _prepare_sets(cfg, model, revision, out)
+    timing: dict[str, Any] = {"generation_s": 0.0, "grading_s": 0.0, "metrics_s": 0.0, "per_benchmark": {}}
+    gen_stats, resolved_dtype = _generate_all(cfg, model, label, revision, out, specs, problems, timing)
+    paper_key = match_reference(model, label)
+    workers = resolve_workers(cfg.grading_workers)
+    benchmarks = {spec.name: _score_benchmark(cfg, label, out, spec, problems[spec.name], workers, paper_key, timing)
+                  for spec in specs}
+    results = _results(cfg, model, label, revision, resolved_dtype, workers, paper_key, benchmarks, gen_stats,
+                       timing)
+    write_json_atomic(out / "results.json", results)
+    results["report"] = write_run_report(results, out)
+    write_json_atomic(out / "results.json", results)
+    _print_summary(results)
+    return results
+
+
+def _prepare_sets(cfg: EvalConfig, model: str, revision: str | None, out: Path) -> tuple[list, dict]:
+    """Load every set (a bad file fails before the model is loaded or anything is written), check the
+    model, write the run marker and each set's ``problems.jsonl``."""
     marker = _check_resume(out, model, revision, cfg)
     specs = [resolve_spec(b, cfg.hf_fallback) for b in cfg.benchmarks]
-    # Load every set first: a bad file fails before the model is loaded and before anything is written.
     problems = {spec.name: load_problems(spec, cfg.hf_fallback) for spec in specs}
     if cfg.backend != "openai":  # a served model is named, not a folder
         from pipeline.modelcheck import check_model_source
@@ -263,6 +277,15 @@ def run_one(cfg: EvalConfig, model: str, label: str, revision: str | None, out: 
         write_json_atomic(marker, _run_marker(model, revision, cfg))
     for spec in specs:
         write_json_lines(out / spec.name / "problems.jsonl", [_problem_row(p) for p in problems[spec.name]])
+    return specs, problems
+
+
+def _generate_all(cfg: EvalConfig, model: str, label: str, revision: str | None, out: Path, specs: list,
+                  problems: dict, timing: dict) -> tuple[dict, Any]:
+    """Samples for every set through the generate stage, one engine for all; ``(stats, dtype)``."""
+    from pipeline.generate import stage as generate
+    from pipeline.generate.config import GenerateConfig
+    from pipeline.prompts import PromptSourceConfig
 
     def gen_cfg(spec: BenchmarkSpec) -> GenerateConfig:
         sampling = cfg.sampling.model_copy(update={"n": spec.n or cfg.sampling.n})
@@ -275,9 +298,6 @@ def run_one(cfg: EvalConfig, model: str, label: str, revision: str | None, out: 
             sampling=sampling, output_dir=str(out / spec.name / "generations"), batch_size=cfg.batch_size,
             progress=cfg.progress, vllm=cfg.vllm, openai=cfg.openai, transformers=cfg.transformers)
 
-    from pipeline.generate import stage as generate
-
-    timing: dict[str, Any] = {"generation_s": 0.0, "grading_s": 0.0, "metrics_s": 0.0, "per_benchmark": {}}
     gen_stats: dict[str, Any] = {}
     backend = _LazyBackend(lambda: generate.make_backend(gen_cfg(specs[0])))
     try:
@@ -293,50 +313,57 @@ def run_one(cfg: EvalConfig, model: str, label: str, revision: str | None, out: 
     finally:
         backend.close()
     timing["model_load_s"] = backend.load_s
+    return gen_stats, resolved_dtype
 
-    benchmarks: dict[str, Any] = {}
-    paper_key = match_reference(model, label)
-    workers = resolve_workers(cfg.grading_workers)
-    for spec in specs:
-        probs = problems[spec.name]
-        answers = {p.id: p.answer for p in probs}
-        choices = {p.id: list(p.choices) for p in probs if p.choices is not None}
-        tests = {p.id: p.meta["tests"] for p in probs if "tests" in p.meta}
-        shards = sorted((out / spec.name / "generations").glob("shard-*.jsonl"))
-        samples_path = out / spec.name / "samples.jsonl"
-        t = time.perf_counter()
-        with _judge_for(cfg, out, spec.grader == "judge") as judge, ShardWriter(samples_path, key=sample_key) as writer:
-            total = sum(_count_lines(f) for f in shards)
-            gstats = grade_into(samples_from_generations(shards, spec.name, answers, choices, tests), writer,
-                                workers=workers, total=total, batch_size=cfg.grading_batch,
-                                timeout_s=cfg.grading_timeout_s, require_think=cfg.require_think,
-                                desc=f"grading {spec.name}", progress=cfg.progress, sandbox=cfg.sandbox,
-                                judge=judge)
-        dt = time.perf_counter() - t
-        timing["grading_s"] += dt
-        timing["per_benchmark"][spec.name].update({"grading_s": dt, "graded": gstats["graded"],
-                                                   "already_graded": gstats["skipped"]})
-        t = time.perf_counter()
-        m = metrics_from_graded(load_graded(samples_path), cfg.pass_k, cfg.cons_k, problem_ids=answers,
-                                bootstrap_resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed,
-                                timeout_s=cfg.grading_timeout_s, workers=workers)
-        timing["metrics_s"] += time.perf_counter() - t
-        n_req = spec.n or cfg.sampling.n
-        m.update({"n": n_req, "source": spec.path, "samples_file": str(samples_path)})
-        if "sandbox" in gstats:  # code: the isolation and limits the programs ran under
-            m["sandbox"] = gstats["sandbox"]
-        if spec.grader == "judge":
-            m["grader"] = {"judge": cfg.judge.model, "base_url": cfg.judge.base_url, "template": cfg.judge.template}
-        if m["problems"] < len(probs) or m["n_min"] < n_req:
-            log.warning("eval %s/%s: %d of %d problems have samples, the fewest %d of the %d asked for; "
-                        "the numbers are partial (rerun to resume)", label, spec.name, m["problems"], len(probs),
-                        m["n_min"], n_req)
-            m["partial"] = True
-        if paper_key and spec.name in PAPER[paper_key]:
-            m["paper"] = PAPER[paper_key][spec.name]
-        benchmarks[spec.name] = m
 
-    results = {
+def _score_benchmark(cfg: EvalConfig, label: str, out: Path, spec: BenchmarkSpec, probs: list, workers: int,
+                     paper_key: str | None, timing: dict) -> dict[str, Any]:
+    """Grade one set's samples (resumable, into ``samples.jsonl``) and compute its metrics."""
+    from pipeline.evaluate.reference import PAPER
+    from pipeline.evaluate.run import grade_into, load_graded, metrics_from_graded, samples_from_generations, \
+        sample_key
+    from pipeline.records import ShardWriter
+
+    answers = {p.id: p.answer for p in probs}
+    choices = {p.id: list(p.choices) for p in probs if p.choices is not None}
+    tests = {p.id: p.meta["tests"] for p in probs if "tests" in p.meta}
+    shards = sorted((out / spec.name / "generations").glob("shard-*.jsonl"))
+    samples_path = out / spec.name / "samples.jsonl"
+    t = time.perf_counter()
+    with _judge_for(cfg, out, spec.grader == "judge") as judge, ShardWriter(samples_path, key=sample_key) as writer:
+        total = sum(_count_lines(f) for f in shards)
+        gstats = grade_into(samples_from_generations(shards, spec.name, answers, choices, tests), writer,
+                            workers=workers, total=total, batch_size=cfg.grading_batch,
+                            timeout_s=cfg.grading_timeout_s, require_think=cfg.require_think,
+                            desc=f"grading {spec.name}", progress=cfg.progress, sandbox=cfg.sandbox, judge=judge)
+    dt = time.perf_counter() - t
+    timing["grading_s"] += dt
+    timing["per_benchmark"][spec.name].update({"grading_s": dt, "graded": gstats["graded"],
+                                               "already_graded": gstats["skipped"]})
+    t = time.perf_counter()
+    m = metrics_from_graded(load_graded(samples_path), cfg.pass_k, cfg.cons_k, problem_ids=answers,
+                            bootstrap_resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed,
+                            timeout_s=cfg.grading_timeout_s, workers=workers)
+    timing["metrics_s"] += time.perf_counter() - t
+    n_req = spec.n or cfg.sampling.n
+    m.update({"n": n_req, "source": spec.path, "samples_file": str(samples_path)})
+    if "sandbox" in gstats:  # code: the isolation and limits the programs ran under
+        m["sandbox"] = gstats["sandbox"]
+    if spec.grader == "judge":
+        m["grader"] = {"judge": cfg.judge.model, "base_url": cfg.judge.base_url, "template": cfg.judge.template}
+    if m["problems"] < len(probs) or m["n_min"] < n_req:
+        log.warning("eval %s/%s: %d of %d problems have samples, the fewest %d of the %d asked for; "
+                    "the numbers are partial (rerun to resume)", label, spec.name, m["problems"], len(probs),
+                    m["n_min"], n_req)
+        m["partial"] = True
+    if paper_key and spec.name in PAPER[paper_key]:
+        m["paper"] = PAPER[paper_key][spec.name]
+    return m
+
+
+def _results(cfg: EvalConfig, model: str, label: str, revision: str | None, resolved_dtype: Any, workers: int,
+             paper_key: str | None, benchmarks: dict, gen_stats: dict, timing: dict) -> dict[str, Any]:
+    return {
         "label": label,
         "model": model,
         "revision": revision,
@@ -357,11 +384,6 @@ def run_one(cfg: EvalConfig, model: str, label: str, revision: str | None, out: 
         "unit": "percent",
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json_atomic(out / "results.json", results)
-    results["report"] = write_run_report(results, out)
-    write_json_atomic(out / "results.json", results)
-    _print_summary(results)
-    return results
 
 
 def _judge_for(cfg: ScoringSettings, out: Path, wanted: bool) -> Any:
