@@ -78,3 +78,22 @@ def test_demo_white_box_rows_configure_feature_and_on_policy_students(tmp_path):
     assert made["kd_features"].features.num_layers == 2 and made["kd_features"].on_policy is None
     assert made["kd_on_policy"].on_policy.lmbda == 0.5 and made["kd_on_policy"].features is None
     assert {c.seed for c in made.values()} == {cfg.seed} and len({c.max_steps for c in made.values()}) == 1
+
+
+def test_sampling_under_the_varlen_training_attention_ignores_pads(tmp_path, tiny_model_dir, tiny_teacher_dir):
+    """Packed GPU training loads the student with the varlen attention (no padding mask); its
+    left-padded prompts must sample what SDPA samples, and the student keeps its attention after."""
+    from pipeline.train.attention import VARLEN, register_varlen
+
+    cfg = _cfg(tmp_path, tiny_model_dir, tiny_teacher_dir)
+    _, tok, corpus, batch, student = _first_batch(cfg)
+    prompts = batch_prompts(batch)
+    prompts = [prompts[0], prompts[0][-3:]]  # different lengths: the short one is left-padded
+    sampled = OnPolicyConfig(temperature=1.0, max_new_tokens=24)
+    want = student_samples(student, prompts, sampled, corpus.stop_ids, tok.pad_token_id,
+                           torch.Generator().manual_seed(0))
+    register_varlen()
+    student.set_attn_implementation(VARLEN)
+    assert student_samples(student, prompts, sampled, corpus.stop_ids, tok.pad_token_id,
+                           torch.Generator().manual_seed(0)) == want
+    assert student.config._attn_implementation == VARLEN

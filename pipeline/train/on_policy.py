@@ -68,6 +68,7 @@ def student_samples(model: Any, prompts: list[list[int]], cfg: OnPolicyConfig, s
     import torch
 
     from pipeline.generate.backends.decode import sample_batch
+    from pipeline.train.attention import VARLEN
 
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
@@ -77,12 +78,19 @@ def student_samples(model: Any, prompts: list[list[int]], cfg: OnPolicyConfig, s
         ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[i, width - len(p):] = 1
     was_training = model.training
+    # the training varlen attention takes document boundaries, not a padding mask: left-padded
+    # prompts would attend to their pads, so sample with SDPA (same weights, same math)
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl == VARLEN:
+        model.set_attn_implementation("sdpa")
     model.eval()
     try:
         return sample_batch(model, ids, mask, max_new_tokens=cfg.max_new_tokens, eos_ids=set(stop_ids),
                             temperature=cfg.temperature, top_p=cfg.top_p, generator=generator)
     finally:
         model.train(was_training)
+        if impl == VARLEN:
+            model.set_attn_implementation(VARLEN)
 
 
 def sequence_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int, device: Any) -> dict:
