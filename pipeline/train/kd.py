@@ -13,6 +13,14 @@ padded embedding rows are cut away. Or train from an offline top-k cache (``teac
     distill kd --config configs/kd/tiny_cpu.yaml          # train (reads the cache if teacher_cache is set
                                                           # and complete; otherwise runs the teacher live)
 
+Beyond output logits (each a config block; see the README's "which tool when"):
+``features:`` adds hidden-state distillation at mapped layers through learned projections
+(:mod:`pipeline.train.feature_kd`); ``on_policy:`` trains a ``lmbda`` share of micro-batches on
+the student's own samples scored by the teacher (GKD, :mod:`pipeline.train.on_policy`). Before
+anything loads, ``memory_check`` estimates the run's memory and stops with a suggestion when it
+will not fit (:mod:`pipeline.train.memory_plan`). The stage adds its fields to ``summary.json``
+through the loop's ``summary_extra`` hook.
+
 Memory: with ``kd_fused`` (default) neither model materialises full-vocabulary logits for the
 sequence: the loss takes both models' final hidden states of trained tokens and their ``lm_head``
 weights and works ``kd_chunk_size`` tokens at a time (``losses.fused_linear_kd``). Where the
