@@ -295,8 +295,8 @@ def run(cfg: KDConfig) -> dict:
     from pipeline.locking import launcher_output_lock
 
     _check_sources(cfg, teacher_needed=not _cache_ready(cfg))
-    memory = _memory_plan(cfg)
     with launcher_output_lock(cfg.output_dir, "distill kd"), storage_errors(cfg.output_dir):
+        memory = _memory_plan(cfg)  # after the lock: a busy output is refused before anything is read
         return _train(cfg, memory)
 
 
