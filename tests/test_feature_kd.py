@@ -13,7 +13,7 @@ from pipeline.config import ConfigError
 from pipeline.train.feature_kd import FeatureKDConfig, FeatureTerm, plan_features
 from pipeline.train.kd import KDLoss, _feature_setup, run
 from pipeline.train.kd_cache import FeatureCache, TopKCache, build_cache
-from pipeline.train.models import load_teacher, teacher_hidden
+from pipeline.train.models import load_teacher, hidden_states
 from tests.test_kd import _cfg, _first_batch
 from tests.test_sft import assert_same_weights, run_cli, weights
 
@@ -44,7 +44,7 @@ def test_masks_respected_and_gradients_reach_projection_and_student(tmp_path, ti
                                                                                   tiny_teacher_dir)
     term = FeatureTerm(cfg.features, plan, projector)
     with torch.no_grad():
-        t_states = teacher_hidden(teacher, batch, layers=True)
+        t_states = hidden_states(teacher, batch, layers=True)
         s_states = student(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                            output_hidden_states=True).hidden_states
     base, parts = term(term.student_rows(s_states, batch["labels"]), term.teacher_rows(batch, t_states))

@@ -42,7 +42,7 @@ from pipeline.config import ConfigError, Section
 from pipeline.train.config import TrainConfig
 from pipeline.train.feature_kd import FeatureKDConfig
 from pipeline.train.on_policy import OnPolicyConfig
-from pipeline.train.models import load_teacher, teacher_hidden
+from pipeline.train.models import load_teacher, hidden_states
 
 __all__ = ["KDConfig", "TopKCacheConfig", "run", "build_teacher_cache", "register"]
 
@@ -136,7 +136,7 @@ class KDLoss:
         t_batch = {k: (v.to(t_dev) if hasattr(v, "to") else v) for k, v in batch.items()}
         with torch.no_grad():
             if self.fused:
-                states = teacher_hidden(self.teacher, t_batch, layers=True)
+                states = hidden_states(self.teacher, t_batch, layers=True)
                 hidden = states[-1][:, :-1][mask.to(t_dev)]
                 head = self.teacher.get_output_embeddings()
                 weight = head.weight[: self.vocab]

@@ -321,7 +321,7 @@ def build_cache(cfg: Any, feature_layers: list[int] | None = None) -> dict:
 
     from pipeline.train import data as D
     from pipeline.train.loop import load_tokenizer
-    from pipeline.train.models import load_teacher, teacher_hidden
+    from pipeline.train.models import load_teacher, hidden_states
     from pipeline.train.tokenizer_check import check_vocab
 
     if not cfg.teacher_cache:
@@ -365,7 +365,7 @@ def build_cache(cfg: Any, feature_layers: list[int] | None = None) -> dict:
             batch = D.to_device(D.collate(corpus, [(i,) for i in group], pad_id=tokenizer.pad_token_id,
                                           packing=False), device)
             with torch.no_grad():
-                states = teacher_hidden(teacher, batch, layers=True)
+                states = hidden_states(teacher, batch, layers=True)
                 top_rows, feat_rows, n = _teacher_rows(cfg, corpus, group, states, head, vocab, feature_layers)
             tokens += n
             writer.write(top_rows)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["weights_sharded", "output_head", "teacher_dtype", "load_teacher", "teacher_hidden"]
+__all__ = ["weights_sharded", "output_head", "teacher_dtype", "load_teacher", "hidden_states"]
 
 
 def weights_sharded(accelerator: Any) -> bool:
@@ -58,10 +58,11 @@ def load_teacher(cfg: Any, device: Any) -> tuple[Any, Any]:
     return model.to(device), tok
 
 
-def teacher_hidden(teacher: Any, batch: dict, layers: bool = False) -> Any:
-    """The teacher's final (normed) hidden states ``[B, T, H]`` for a batch, without its logits;
-    with ``layers``, the tuple of every layer's hidden states (index 0 = embeddings, -1 = final)."""
+def hidden_states(model: Any, batch: dict, layers: bool = False) -> Any:
+    """A model's final (normed) hidden states ``[B, T, H]`` for a batch, without its logits (the
+    teacher's in kd, the student's in the fused SFT loss); with ``layers``, the tuple of every
+    layer's hidden states (index 0 = embeddings, -1 = final)."""
     from pipeline.train.data import model_inputs
 
-    out = teacher(**model_inputs(batch), output_hidden_states=True, logits_to_keep=1)
+    out = model(**model_inputs(batch), output_hidden_states=True, logits_to_keep=1)
     return out.hidden_states if layers else out.hidden_states[-1]

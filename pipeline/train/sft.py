@@ -48,15 +48,13 @@ def fused_causal_lm_loss(model: Any, batch: dict, accelerator: Any, chunk_tokens
     logit row per sequence), and :func:`~pipeline.train.losses.fused_linear_cross_entropy` runs
     ``lm_head`` x cross-entropy ``chunk_tokens`` trained tokens at a time, keeping no logits for
     backward. Equal to :func:`causal_lm_loss` in value and gradient (tested)."""
-    from pipeline.train.data import model_inputs
     from pipeline.train.loop import LossOutput
     from pipeline.train.losses import IGNORE_INDEX, fused_linear_cross_entropy
-    from pipeline.train.models import output_head
+    from pipeline.train.models import hidden_states, output_head
 
     nxt = batch["labels"][:, 1:]
     mask = nxt != IGNORE_INDEX
-    out = model(**model_inputs(batch), output_hidden_states=True, logits_to_keep=1)
-    hidden = out.hidden_states[-1][:, :-1][mask]
+    hidden = hidden_states(model, batch)[:, :-1][mask]
     weight, bias = output_head(accelerator, model)
     sums = fused_linear_cross_entropy(hidden, weight, nxt[mask], chunk_tokens, bias=bias)
     return LossOutput(loss_sum=sums.loss_sum, num_tokens=int(batch["num_tokens"]))
