@@ -28,6 +28,17 @@ def test_config_file_loads_and_quick_shrinks_it():
     assert [o.split("=")[0] for o in cfg.quick_overrides] == [o.split("=")[0] for o in DEFAULT_QUICK]
 
 
+def test_explicit_set_wins_over_quick():
+    from pipeline.cli import build_parser
+    from pipeline.demo.stage import config_from_cli
+
+    args = build_parser().parse_args(["demo", "--quick", "--set", "student.train.steps=7", "--set", "eval.n=3"])
+    cfg = _apply_quick(config_from_cli(args))
+    assert (cfg.student.train.steps, cfg.eval.n) == (7, 3)
+    quick = _apply_quick(config_from_cli(build_parser().parse_args(["demo", "--quick"])))
+    assert quick.student.train.steps != 7 and quick.world.n_prompts < load_config(DemoConfig, CONFIG).world.n_prompts
+
+
 def test_bad_keys_are_errors_naming_the_key(tmp_path, capsys):
     with pytest.raises(ConfigError, match="teacher.hidden_sise"):
         load_config(DemoConfig, CONFIG, overrides=["teacher.hidden_sise=3"])

@@ -439,11 +439,20 @@ FLAGS = {
 }
 
 
-def _main(args) -> int:
+def config_from_cli(args) -> DemoConfig:
+    """The demo config from parsed CLI args: ``configs/demo.yaml`` unless ``--config``; with ``--quick``,
+    an explicit ``--set`` wins over what ``quick_overrides`` changes."""
     if args.config is None:
         default = _resolve("configs/demo.yaml")
         args.config = str(default) if default else None
-    run(config_from_args(DemoConfig, args, FLAGS))
+    cfg = config_from_args(DemoConfig, args, FLAGS)
+    if cfg.quick and getattr(args, "overrides", None):
+        cfg = cfg.model_copy(update={"quick_overrides": [*cfg.quick_overrides, *args.overrides]})
+    return cfg
+
+
+def _main(args) -> int:
+    run(config_from_cli(args))
     return 0
 
 
