@@ -14,6 +14,7 @@ from pipeline.train.feature_kd import FeatureKDConfig, FeatureTerm, plan_feature
 from pipeline.train.kd import KDLoss, _feature_setup, run
 from pipeline.train.kd_cache import FeatureCache, TopKCache, build_cache
 from pipeline.train.models import load_teacher, hidden_states
+from pipeline.tiny import build_model
 from tests.test_kd import _cfg, _first_batch
 from tests.test_sft import assert_same_weights, run_cli, weights
 
@@ -145,3 +146,105 @@ def kill_then_resume(cfg, kill_after: int) -> tuple[dict, list[dict]]:
     p = run_cli(["kd", "--config", str(yml)], {"DISTILL_TEST_KILL": f"step:{kill_after}"})
     assert p.returncode == -9, p.stderr[-2000:]
     return run(cfg.model_copy(update={"resume": True})), metrics(cfg.output_dir)
+
+
+# --------------------------------------------------------------------------- attention maps
+
+ATTN = {"num_layers": 2, "weight": 0.5, "attention_weight": 2.0}
+
+
+@pytest.fixture(scope="module")
+def gqa_teacher_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A teacher whose heads group onto the tiny student's 4: hidden 192, 8 query heads (2 kv), 3 layers."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    out = tmp_path_factory.mktemp("gqa_teacher")
+    tok.save_pretrained(out)
+    build_model(tok, hidden_size=192, num_layers=3, num_heads=8, num_kv_heads=2, seed=2).save_pretrained(out)
+    return out
+
+
+def test_attention_plan_pairs_and_head_counts():
+    on = FeatureKDConfig(layer_map={3: 2, 0: 0, 1: 1}, attention_weight=1.0, layer_weights=[1.0, 5.0, 2.0])
+    plan = plan_features(on, (2, 128), (3, 192), heads=(4, 8))
+    assert plan.attention_pairs == [(3, 2), (1, 1)] and plan.attention_weights == [1.0, 2.0]  # embeddings left out
+    assert plan_features(FeatureKDConfig(num_layers=2), (2, 128), (3, 192)).attention_pairs == []  # off
+    with pytest.raises(ConfigError, match="features.attention_weight: teacher has 6 attention heads, student 4"):
+        plan_features(FeatureKDConfig(num_layers=2, attention_weight=1.0), (2, 128), (3, 192), heads=(4, 6))
+    with pytest.raises(ConfigError, match=r"features.attention_weight: layer map \{0: 0\} has no pair of decoder"):
+        plan_features(FeatureKDConfig(layer_map={0: 0}, attention_weight=1.0), (2, 128), (3, 192), heads=(4, 4))
+
+
+def test_attention_term_masks_gradients_and_zero_at_match(tmp_path, tiny_model_dir, gqa_teacher_dir):
+    cfg = _cfg(tmp_path, tiny_model_dir, gqa_teacher_dir, features=ATTN, attn_implementation="eager")
+    acc, tok, corpus, batch, _ = _first_batch(cfg)
+    from transformers import AutoModelForCausalLM
+
+    student = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation="eager")
+    plan, projector = _feature_setup(cfg)
+    assert plan.attention_pairs == [(2, 1), (3, 2)]
+    teacher, _ = load_teacher(cfg, torch.device("cpu"), "eager")
+    term = FeatureTerm(cfg.features, plan, projector)
+    from pipeline.train.models import forward_states
+
+    with torch.no_grad():
+        t_maps = forward_states(teacher, batch, attentions=True).attentions
+    # a packed row: the eager teacher gives other documents' keys exactly 0 (what the KL relies on)
+    spans = batch["sample_spans"][0]
+    assert len(spans) >= 2
+    (p0, n0), (p1, n1) = spans[:2]
+    assert t_maps[0][0, :, p1:p1 + n1, p0:p0 + n0].abs().max().item() == 0.0
+    s_maps = forward_states(student, batch, attentions=True).attentions
+    base, parts = term.attention(s_maps, t_maps, batch["labels"])
+    assert set(parts) == {"attn", "attn_t2_s1", "attn_t3_s2"} and parts["attn"].item() > 0
+    assert base.item() == pytest.approx(2.0 * (parts["attn_t2_s1"] + parts["attn_t3_s2"]).item(), rel=1e-5)
+    # teacher rows whose next label is not trained: scrambling them leaves the loss alone
+    untrained = torch.ones_like(batch["labels"], dtype=torch.bool)
+    untrained[:, :-1] = batch["labels"][:, 1:] == -100
+    assert untrained.any() and (~untrained).any()
+    noisy = tuple(torch.where(untrained[:, None, :, None], torch.rand_like(a), a) for a in t_maps)
+    assert term.attention(s_maps, noisy, batch["labels"])[0].item() == base.item()
+    # gradients reach the student's attention projections in both mapped layers
+    student.zero_grad()
+    base.backward()
+    assert all(layer.self_attn.q_proj.weight.grad.abs().sum() > 0 for layer in student.model.layers)
+    # the teacher as its own student: KD, features and attention all ~0 through KDLoss
+    same = plan_features(cfg.features, (3, 192), (3, 192), heads=(8, 8))
+    from pipeline.train.feature_losses import FeatureProjector
+
+    eye = FeatureProjector(192, 192, 2)
+    with torch.no_grad():
+        for m in eye.maps:
+            m.weight.copy_(torch.eye(192))
+    out = KDLoss(cfg, acc, tok, corpus, teacher=teacher, features=FeatureTerm(cfg.features, same, eye))(
+        teacher, batch)
+    assert abs(out.parts["attn"].item()) < 1e-5 and abs(out.parts["feat"].item()) < 1e-5
+
+
+def test_attention_refusals(tmp_path, tiny_model_dir, tiny_teacher_dir, gqa_teacher_dir):
+    from pipeline.train.kd import build_teacher_cache
+
+    cached = _cfg(tmp_path, tiny_model_dir, gqa_teacher_dir, features=ATTN, teacher_cache=str(tmp_path / "tc"))
+    for call in (run, build_teacher_cache):
+        with pytest.raises(ConfigError, match="features.attention_weight: attention alignment needs the live "
+                                              "teacher"):
+            call(cached)
+    assert not (tmp_path / "tc").exists() and not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="attn_implementation: 'sdpa' returns no attention maps"):
+        run(_cfg(tmp_path, tiny_model_dir, gqa_teacher_dir, features=ATTN, attn_implementation="sdpa"))
+    with pytest.raises(ConfigError, match="teacher has 6 attention heads, student 4"):
+        run(_cfg(tmp_path, tiny_model_dir, tiny_teacher_dir, features=ATTN))
+
+
+def test_attention_kd_run_logs_the_term(tmp_path, tiny_model_dir, gqa_teacher_dir):
+    attn_only = {**ATTN, "weight": 0.0, "attention_weight": 100.0}  # the attention term drives the step
+    summary = run(_cfg(tmp_path, tiny_model_dir, gqa_teacher_dir, features=attn_only, max_steps=4, dtype="fp32"))
+    assert summary["attn_implementation"] == "eager"  # auto -> eager for the maps
+    assert summary["attention_layer_map"] == {2: 1, 3: 2} and summary["attention_weight"] == 100.0
+    rows = metrics(tmp_path / "run")
+    assert all(r["attn"] > 0 and "attn_t2_s1" in r and "attn_t3_s2" in r for r in rows)
+    assert summary["first_attn"] == rows[0]["attn"] and summary["final_attn"] == rows[-1]["attn"]
+    assert summary["final_attn"] < summary["first_attn"]
+    saved = json.loads((Path(summary["model_dir"]) / "config.json").read_text())
+    assert "eager" not in json.dumps(saved)  # the saved student does not pin eager attention

@@ -18,6 +18,17 @@ raw residual streams carry a few huge outlier dimensions that would swamp an MSE
 
 and the feature loss is ``sum_l weight_l * sum_n d_l(n)``. The projections (:class:`FeatureProjector`)
 train with the student and are not part of the saved model.
+
+Attention maps (MiniLM-style, optional): for a mapped pair of DECODER layers (hidden-state index
+``i >= 1`` is the output of decoder layer ``i``, whose attention is ``attentions[i - 1]``), per
+trained query row ``n`` (the same rows as above) and student head ``h``,
+``KL(a^T_{n,h} || a^S_{n,h}) = sum_k a^T log a^T - a^T log a^S`` over the keys ``k``, averaged over
+heads and summed over rows (:func:`attention_kl_sums`). Teacher heads that are a multiple of the
+student's are averaged in consecutive groups (``teacher_heads / student_heads`` each)
+(:func:`group_heads`). Keys the models mask (padding, other documents of a packed row, the
+future) have teacher probability exactly 0 and add exactly 0 (``xlogy``); the student's
+probabilities are clamped at ``eps`` inside the log only, so an underflowed 0 cannot give inf.
+All in fp32.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["FeatureKind", "evenly_spaced_layers", "trained_rows", "feature_distance", "FeatureProjector",
-           "feature_loss_sums"]
+           "feature_loss_sums", "attention_rows", "group_heads", "attention_kl", "attention_kl_sums"]
 
 FeatureKind = Literal["mse", "cosine"]
 
@@ -87,4 +98,45 @@ def feature_loss_sums(student: list[torch.Tensor], teacher: list[torch.Tensor], 
     projected = projector(student)
     sums = [feature_distance(p, t.to(p.device), kind, normalize).sum() for p, t in zip(projected, teacher)]
     total = sum((w * s for w, s in zip(weights, sums)), torch.zeros((), device=projected[0].device))
+    return total, sums
+
+
+def attention_rows(attn: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """``[N, H, T]``: the query rows of an attention map ``[B, H, T, T]`` at positions whose NEXT
+    label is trained (the rows of :func:`trained_rows`), each a distribution over the ``T`` keys."""
+    return attn[:, :, :-1].transpose(1, 2)[labels[:, 1:] != ignore_index]
+
+
+def group_heads(attn: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[N, heads, T]``: ``attn [N, H, T]`` with consecutive groups of ``H / heads`` heads averaged
+    (the identity when ``H == heads``); an average of distributions is a distribution."""
+    n, h, t = attn.shape
+    if h == heads:
+        return attn
+    if h % heads:
+        raise ValueError(f"{h} teacher attention heads do not group into {heads} student heads")
+    return attn.reshape(n, heads, h // heads, t).mean(2)
+
+
+def attention_kl(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``[N]``: ``mean_h KL(teacher_h || student_h)`` per row of ``student [N, Hs, T]`` and
+    ``teacher [N, Ht, T]`` (probabilities; teacher heads grouped to ``Hs``), in fp32."""
+    s = student.float()
+    t = group_heads(teacher.float(), s.shape[1])
+    return (torch.xlogy(t, t) - torch.xlogy(t, s.clamp_min(eps))).sum(-1).mean(-1)
+
+
+def attention_kl_sums(student: list[torch.Tensor], teacher: list[torch.Tensor], labels: torch.Tensor,
+                      weights: list[float], ignore_index: int = -100) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``(weighted total, per-pair unweighted sums)`` of :func:`attention_kl` over the trained rows of
+    each pair of attention maps ``[B, H, T, T]`` (rows are picked on each map's own device; the
+    teacher's move to the student's)."""
+    if not (len(student) == len(teacher) == len(weights)) or not student:
+        raise ValueError(f"{len(student)} student / {len(teacher)} teacher attention maps / {len(weights)} weights")
+    sums = []
+    for s, t in zip(student, teacher):
+        s_rows = attention_rows(s, labels.to(s.device), ignore_index)
+        t_rows = attention_rows(t, labels.to(t.device), ignore_index).to(s.device)
+        sums.append(attention_kl(s_rows, t_rows).sum())
+    total = sum((w * v for w, v in zip(weights, sums)), torch.zeros((), device=sums[0].device))
     return total, sums

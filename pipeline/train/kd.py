@@ -15,11 +15,12 @@ padded embedding rows are cut away. Or train from an offline top-k cache (``teac
 
 Beyond output logits (each a config block; see the README's "which tool when"):
 ``features:`` adds hidden-state distillation at mapped layers through learned projections
-(:mod:`pipeline.train.feature_kd`); ``on_policy:`` trains a ``lmbda`` share of micro-batches on
-the student's own samples scored by the teacher (GKD, :mod:`pipeline.train.on_policy`). Before
-anything loads, ``memory_check`` estimates the run's memory and stops with a suggestion when it
-will not fit (:mod:`pipeline.train.memory_plan`). The stage adds its fields to ``summary.json``
-through the loop's ``summary_extra`` hook.
+(:mod:`pipeline.train.feature_kd`; with ``features.attention_weight`` also attention maps, KL per
+trained query row, both models on eager attention, live teacher only); ``on_policy:`` trains a
+``lmbda`` share of micro-batches on the student's own samples scored by the teacher (GKD,
+:mod:`pipeline.train.on_policy`). Before anything loads, ``memory_check`` estimates the run's
+memory and stops with a suggestion when it will not fit (:mod:`pipeline.train.memory_plan`). The
+stage adds its fields to ``summary.json`` through the loop's ``summary_extra`` hook.
 
 Memory: with ``kd_fused`` (default) neither model materialises full-vocabulary logits for the
 sequence: the loss takes both models' final hidden states of trained tokens and their ``lm_head``
@@ -42,7 +43,7 @@ from pipeline.config import ConfigError, Section
 from pipeline.train.config import TrainConfig
 from pipeline.train.feature_kd import FeatureKDConfig
 from pipeline.train.on_policy import OnPolicyConfig
-from pipeline.train.models import load_teacher, hidden_states
+from pipeline.train.models import forward_states, load_teacher
 
 __all__ = ["KDConfig", "TopKCacheConfig", "run", "build_teacher_cache", "register"]
 
@@ -115,12 +116,19 @@ class KDLoss:
         self.spec = KDSpec(kind=cfg.kd_loss, beta=cfg.kd_beta, temperature=cfg.kd_temperature, alpha=cfg.kd_alpha,
                            chunk_size=cfg.kd_chunk_size)
         self.fused = cfg.kd_fused and not weights_sharded(accelerator)
+        self.attention = features is not None and features.fcfg.attention
+        self._attn_kwargs = {"output_attentions": True} if self.attention else {}
+        if self.attention and cache is not None:
+            raise ConfigError("features.attention_weight: attention alignment needs the live teacher, not "
+                              "teacher_cache")
 
     def _teacher_rows(self, batch: dict, mask):
         """``(teacher(start, end)`` over the batch's trained tokens (row-major), the live teacher's
-        hidden states per layer or None)."""
+        forward output (``hidden_states`` per layer, ``attentions`` when aligned) or None)."""
         import torch
         import torch.nn.functional as F
+
+        from pipeline.train.data import model_inputs
 
         dev = batch["input_ids"].device
         if self.cache is not None:
@@ -136,8 +144,8 @@ class KDLoss:
         t_batch = {k: (v.to(t_dev) if hasattr(v, "to") else v) for k, v in batch.items()}
         with torch.no_grad():
             if self.fused:
-                states = hidden_states(self.teacher, t_batch, layers=True)
-                hidden = states[-1][:, :-1][mask.to(t_dev)]
+                out = forward_states(self.teacher, t_batch, attentions=self.attention)
+                hidden = out.hidden_states[-1][:, :-1][mask.to(t_dev)]
                 head = self.teacher.get_output_embeddings()
                 weight = head.weight[: self.vocab]
                 bias = None if getattr(head, "bias", None) is None else head.bias[: self.vocab]
@@ -146,14 +154,14 @@ class KDLoss:
                     with torch.no_grad():
                         return F.linear(hidden[a:b], weight, bias).to(dev)
 
-                return rows, states
-            from pipeline.train.data import model_inputs, next_token_targets
+                return rows, out
+            from pipeline.train.data import next_token_targets
 
             positions, targets = next_token_targets(t_batch)
             out = self.teacher(**model_inputs(t_batch), logits_to_keep=positions,
-                               output_hidden_states=self.features is not None)
+                               output_hidden_states=self.features is not None, **self._attn_kwargs)
             logits = out.logits[targets != -100][:, : self.vocab]
-            return (lambda a, b: logits[a:b].to(dev)), out.hidden_states
+            return (lambda a, b: logits[a:b].to(dev)), out
 
     def __call__(self, model, batch: dict):
         from pipeline.train.data import model_inputs, next_token_targets
@@ -164,24 +172,30 @@ class KDLoss:
         nxt = batch["labels"][:, 1:]
         mask = nxt != -100
         targets = nxt[mask]
-        teacher, t_states = self._teacher_rows(batch, mask)
+        teacher, t_out = self._teacher_rows(batch, mask)
         if self.fused:
-            out = model(**model_inputs(batch), output_hidden_states=True, logits_to_keep=1)
+            out = forward_states(model, batch, attentions=self.attention)
             hidden = out.hidden_states[-1][:, :-1][mask]
             weight, bias = output_head(self.accelerator, model)
             bias = None if bias is None else bias[: self.vocab]
             sums = fused_linear_kd(hidden, weight[: self.vocab], targets, teacher, self.spec, bias=bias)
         else:
             positions, pos_targets = next_token_targets(batch)
-            out = model(**model_inputs(batch), logits_to_keep=positions, output_hidden_states=self.features is not None)
+            out = model(**model_inputs(batch), logits_to_keep=positions, output_hidden_states=self.features is not None,
+                        **self._attn_kwargs)
             rows = out.logits[pos_targets != -100][:, : self.vocab]
             sums = chunked_kd_from_logits(rows, teacher, targets, self.spec)
         loss, parts = sums.loss_sum, {"kd": sums.kd_sum, "ce": sums.ce_sum}
         if self.features is not None:
             term, feat_parts = self.features(self.features.student_rows(out.hidden_states, batch["labels"]),
-                                             self.features.teacher_rows(batch, t_states))
+                                             self.features.teacher_rows(batch, None if t_out is None
+                                                                        else t_out.hidden_states))
             loss = loss + term
             parts.update(feat_parts)
+            if self.attention:
+                term, attn_parts = self.features.attention(out.attentions, t_out.attentions, batch["labels"])
+                loss = loss + term
+                parts.update(attn_parts)
         return LossOutput(loss_sum=loss, num_tokens=sums.num_tokens, parts=parts)
 
 
@@ -196,7 +210,7 @@ def _cache_ready(cfg: KDConfig) -> bool:
 def _feature_setup(cfg: KDConfig) -> tuple[Any, Any] | None:
     """``(FeaturePlan, FeatureProjector)`` for ``features:`` (None when off), from config.json shapes
     (or the cache's manifest when training from a complete teacher_cache)."""
-    from pipeline.train.feature_kd import model_shape, plan_features
+    from pipeline.train.feature_kd import attention_heads, model_shape, plan_features
     from pipeline.train.feature_losses import FeatureProjector
 
     if cfg.features is None:
@@ -213,7 +227,8 @@ def _feature_setup(cfg: KDConfig) -> tuple[Any, Any] | None:
             raise ConfigError(f"{path}: cache holds teacher layers {m['feature_layers']}, features: maps "
                               f"{plan.teacher_layers}; rebuild the cache or use the same layer_map")
     else:
-        plan = plan_features(cfg.features, student, model_shape(cfg.teacher))
+        heads = (attention_heads(cfg.model), attention_heads(cfg.teacher)) if cfg.features.attention else None
+        plan = plan_features(cfg.features, student, model_shape(cfg.teacher), heads)
     projector = FeatureProjector(plan.student_width, plan.teacher_width, len(plan.teacher_layers), seed=cfg.seed)
     return plan, projector
 
@@ -232,6 +247,8 @@ def _feature_term(cfg: KDConfig, features: tuple[Any, Any] | None, corpus: Any, 
     info.update(feature_layer_map=dict(zip(plan.teacher_layers, plan.student_layers)),
                 feature_layer_weights=plan.weights, feature_loss=cfg.features.loss,
                 feature_weight=cfg.features.weight, projection_params=sum(p.numel() for p in projector.parameters()))
+    if cfg.features.attention:
+        info.update(attention_layer_map=dict(plan.attention_pairs), attention_weight=cfg.features.attention_weight)
     return FeatureTerm(cfg.features, plan, projector, cache)
 
 
@@ -272,7 +289,7 @@ def _make_loss_factory(cfg: KDConfig, info: dict, features: tuple[Any, Any] | No
             log.warning("teacher_cache %s is not complete (run `distill kd cache`); using the live teacher",
                         cfg.teacher_cache)
         device = torch.device(cfg.teacher_device) if cfg.teacher_device else ctx.accelerator.device
-        teacher, t_tok = load_teacher(cfg, device)
+        teacher, t_tok = load_teacher(cfg, device, "eager" if _attention(cfg) else None)
         check = check_vocab(t_tok, ctx.tokenizer, teacher.get_output_embeddings().weight.shape[0], student_rows)
         for w in check.warnings:
             log.warning("kd: %s", w)
@@ -294,10 +311,32 @@ def run(cfg: KDConfig) -> dict:
     from pipeline.errors import storage_errors
     from pipeline.locking import launcher_output_lock
 
+    cfg = _attention_setup(cfg)
     _check_sources(cfg, teacher_needed=not _cache_ready(cfg))
     with launcher_output_lock(cfg.output_dir, "distill kd"), storage_errors(cfg.output_dir):
         memory = _memory_plan(cfg)  # after the lock: a busy output is refused before anything is read
         return _train(cfg, memory)
+
+
+def _attention(cfg: KDConfig) -> bool:
+    return cfg.features is not None and cfg.features.attention
+
+
+def _attention_setup(cfg: KDConfig) -> KDConfig:
+    """With attention alignment on: refuse a teacher_cache (maps are not cached) and an attention
+    implementation that returns no maps; ``attn_implementation: auto`` becomes ``eager``."""
+    if not _attention(cfg):
+        return cfg
+    if cfg.teacher_cache:
+        raise ConfigError("features.attention_weight: attention alignment needs the live teacher (attention maps "
+                          "are O(T^2) per head and never cached); unset teacher_cache or set "
+                          "features.attention_weight: 0")
+    if cfg.attn_implementation not in ("auto", "eager"):
+        raise ConfigError(f"attn_implementation: {cfg.attn_implementation!r} returns no attention maps; "
+                          "features.attention_weight needs 'eager' (or 'auto', which then picks it)")
+    if cfg.attn_implementation == "auto":
+        log.info("features.attention_weight: student and teacher run eager attention")
+    return cfg.model_copy(update={"attn_implementation": "eager"})
 
 
 def _memory_plan(cfg: KDConfig) -> dict:
@@ -345,6 +384,8 @@ def _summary_fields(cfg: KDConfig, info: dict) -> dict:
         fields.update(final_kd=rows[-1].get("kd"), final_ce=rows[-1].get("ce"), first_kd=rows[0].get("kd"))
         if cfg.features is not None:
             fields.update(first_feat=rows[0].get("feat"), final_feat=rows[-1].get("feat"))
+            if cfg.features.attention:
+                fields.update(first_attn=rows[0].get("attn"), final_attn=rows[-1].get("attn"))
         _plot_parts(rows, Path(cfg.output_dir) / "kd_parts.png")
     return fields
 
@@ -353,7 +394,7 @@ def _plot_parts(rows: list[dict], png: Path) -> None:
     from pipeline.plots import lines
 
     series = {name: ([r["step"] for r in rows if name in r], [r[name] for r in rows if name in r])
-              for name in ("kd", "ce", "feat", "loss")}
+              for name in ("kd", "ce", "feat", "attn", "loss")}
     lines({k: v for k, v in series.items() if v[0]}, png, title="distill kd: per trained token",
           xlabel="optimizer step", ylabel="value")
 
@@ -366,6 +407,7 @@ def build_teacher_cache(cfg: KDConfig) -> dict:
 
     if not cfg.teacher_cache:
         raise ConfigError("teacher_cache: required for `distill kd cache` (the folder to write)")
+    _attention_setup(cfg)
     _check_sources(cfg, teacher_needed=True)
     features = _feature_setup(cfg.model_copy(update={"teacher_cache": None})) if cfg.features else None
     with launcher_output_lock(cfg.teacher_cache, "distill kd cache"), storage_errors(cfg.teacher_cache):

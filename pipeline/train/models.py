@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["weights_sharded", "output_head", "teacher_dtype", "load_teacher", "hidden_states"]
+__all__ = ["weights_sharded", "output_head", "teacher_dtype", "load_teacher", "forward_states", "hidden_states"]
 
 
 def weights_sharded(accelerator: Any) -> bool:
@@ -39,9 +39,10 @@ def teacher_dtype(name: str, device: Any) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
-def load_teacher(cfg: Any, device: Any) -> tuple[Any, Any]:
+def load_teacher(cfg: Any, device: Any, attn_implementation: str | None = None) -> tuple[Any, Any]:
     """The frozen teacher (eval, no grad) of a kd config (``teacher``, ``teacher_dtype``) on ``device``,
-    and its tokenizer."""
+    and its tokenizer; ``attn_implementation`` (e.g. ``eager`` for attention maps) or transformers'
+    default."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.config import ConfigError
@@ -50,7 +51,9 @@ def load_teacher(cfg: Any, device: Any) -> tuple[Any, Any]:
         raise ConfigError("teacher: required here (no complete teacher_cache to train from)")
     try:
         tok = AutoTokenizer.from_pretrained(cfg.teacher)
-        model = AutoModelForCausalLM.from_pretrained(cfg.teacher, dtype=teacher_dtype(cfg.teacher_dtype, device))
+        extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+        model = AutoModelForCausalLM.from_pretrained(cfg.teacher, dtype=teacher_dtype(cfg.teacher_dtype, device),
+                                                     **extra)
     except OSError as exc:
         raise ConfigError(f"teacher {cfg.teacher!r}: cannot load ({exc})") from None
     model.config.use_cache = False
@@ -58,11 +61,19 @@ def load_teacher(cfg: Any, device: Any) -> tuple[Any, Any]:
     return model.to(device), tok
 
 
+def forward_states(model: Any, batch: dict, attentions: bool = False) -> Any:
+    """A model's forward output for a batch with every layer's ``hidden_states`` and only the last
+    position's logits; with ``attentions``, also ``attentions`` (one ``[B, H, T, T]`` map per decoder
+    layer: eager attention only, the others return None)."""
+    from pipeline.train.data import model_inputs
+
+    extra = {"output_attentions": True} if attentions else {}
+    return model(**model_inputs(batch), output_hidden_states=True, logits_to_keep=1, **extra)
+
+
 def hidden_states(model: Any, batch: dict, layers: bool = False) -> Any:
     """A model's final (normed) hidden states ``[B, T, H]`` for a batch, without its logits (the
     teacher's in kd, the student's in the fused SFT loss); with ``layers``, the tuple of every
     layer's hidden states (index 0 = embeddings, -1 = final)."""
-    from pipeline.train.data import model_inputs
-
-    out = model(**model_inputs(batch), output_hidden_states=True, logits_to_keep=1)
+    out = forward_states(model, batch)
     return out.hidden_states if layers else out.hidden_states[-1]
