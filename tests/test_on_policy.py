@@ -72,12 +72,34 @@ def test_demo_white_box_rows_configure_feature_and_on_policy_students(tmp_path):
     from pipeline.demo.stage import DemoConfig, _student_config
 
     cfg = DemoConfig.model_validate({"student": {"white_box": ["features", "on_policy"]}})
-    made = {name: _student_config(cfg, "init", ["kept.jsonl"], tmp_path / "train" / name, "teacher")
-            for name in ("kd", "kd_features", "kd_on_policy")}
+    made = {name: _student_config(cfg, "init", ["kept.jsonl"], tmp_path / "train" / name, "teacher", kind)
+            for name, kind in (("kd", "logit"), ("kd_features", "features"), ("kd_on_policy", "on_policy"))}
     assert made["kd"].features is None and made["kd"].on_policy is None
     assert made["kd_features"].features.num_layers == 2 and made["kd_features"].on_policy is None
     assert made["kd_on_policy"].on_policy.lmbda == 0.5 and made["kd_on_policy"].features is None
     assert {c.seed for c in made.values()} == {cfg.seed} and len({c.max_steps for c in made.values()}) == 1
+    reseeded = DemoConfig.model_validate({"student": {"seed": 7}})
+    assert _student_config(reseeded, "init", ["k"], tmp_path / "s", None).seed == 7
+    assert _student_config(cfg, "init", ["k"], tmp_path / "s", "teacher", "features", 40).max_steps == 40
+
+
+def test_demo_equal_time_students_get_the_steps_that_fit_in_sft_time(tmp_path):
+    """The equal wall-clock rows: each KD run's steps = steps x SFT's recorded time / its own (capped)."""
+    import json
+
+    from pipeline.demo.stage import _equal_time_label, _equal_time_runs, _Steps
+
+    steps = _Steps(tmp_path)
+    for name, secs in (("sft", 60.0), ("sft_unfiltered", 61.0), ("kd", 80.0), ("kd_features", 300.0),
+                       ("kd_on_policy", 30.0)):
+        (steps.dir / f"train_{name}.json").write_text(json.dumps({"hash": "h", "result": {}, "elapsed_s": secs}))
+    runs = [("sft", ["d"], None, 800), ("sft_unfiltered", ["u"], None, 800), ("kd", ["d"], "logit", 800),
+            ("kd_features", ["d"], "features", 800), ("kd_on_policy", ["d"], "on_policy", 800)]
+    got = _equal_time_runs(runs, steps, 800)
+    assert got == [("kd_equal_time", ["d"], "logit", 600), ("kd_features_equal_time", ["d"], "features", 160),
+                   ("kd_on_policy_equal_time", ["d"], "on_policy", 800)]
+    assert _equal_time_label("kd_features_equal_time", 160) == "student KD features (filtered, SFT's time: 160 steps)"
+    assert _equal_time_label("kd_equal_time", 600) == "student KD (filtered, SFT's time: 600 steps)"
 
 
 def test_sampling_under_the_varlen_training_attention_ignores_pads(tmp_path, tiny_model_dir, tiny_teacher_dir):

@@ -68,7 +68,7 @@ def verdict(table: dict[str, tuple[float, float, float]], n_test: int, probe: di
 
 
 def summarize(config: dict, teacher: dict, filter_report: dict, students: dict, eval_result: dict, faults: dict,
-              world: dict, timings: dict) -> dict[str, Any]:
+              world: dict, timings: dict, white_box: list | None = None) -> dict[str, Any]:
     table = {run["label"]: _pass1(run) for run in _runs(eval_result)}
     rules = filter_report["rules"]
     return {
@@ -84,6 +84,7 @@ def summarize(config: dict, teacher: dict, filter_report: dict, students: dict, 
                      for k, v in students.items()},
         "world": world,
         "timings_s": timings,
+        "white_box": white_box or [],
         "comparison": eval_result.get("comparison"),
         "config": config,
     }
@@ -116,7 +117,9 @@ def write_report(summary: dict[str, Any], out: Path) -> dict[str, str]:
              "## Pass@1 on held-out problems", "", "| model | Pass@1 (%) | 95% interval |", "|---|---:|---|"]
     for name, v in summary["pass1"].items():
         lines.append(f"| {name} | {v['pass@1']:.1f} | [{v['ci95'][0]:.1f}, {v['ci95'][1]:.1f}] |")
-    lines += ["", "![Pass@1](pass1.png)", "", "## Filter funnel (teacher samples)", "",
+    lines += ["", "![Pass@1](pass1.png)", ""]
+    lines += _white_box_table(summary.get("white_box") or [], summary["pass1"])
+    lines += ["## Filter funnel (teacher samples)", "",
               f"{tot['input']} samples in, {tot['kept']} kept. Rejections by reason (a sample can fail several rules):", "",
               "| reason | rejected |", "|---|---:|"]
     lines += [f"| {r} | {n} |" for r, n in summary["filter"]["rejected_by_rule"].items()]
@@ -131,6 +134,26 @@ def write_report(summary: dict[str, Any], out: Path) -> dict[str, str]:
     write_text_atomic(out / "report.md", "\n".join(lines))
     return {"markdown": str(out / "report.md"), "pass1_png": str(out / "pass1.png"),
             "faults_png": str(out / "faults.png"), "funnel_png": str(out / "funnel.png")}
+
+
+def _white_box_table(rows: list[dict], pass1: dict) -> list[str]:
+    """SFT vs the KD students at equal steps and at the SFT student's wall-clock (``student.white_box``)."""
+    if not rows:
+        return []
+
+    def p(label: str | None) -> str:
+        return f"{pass1[label]['pass@1']:.1f}" if label in pass1 else "-"
+
+    out = ["## SFT vs KD at equal steps and at equal wall-clock", "",
+           "Training seconds are this run's measured wall-clock per student (a KD run includes building its "
+           "teacher cache); the equal-time students get the steps that fit in the SFT student's time.", "",
+           "| student | steps | train s | Pass@1 (%) | steps in SFT's time | train s | Pass@1 (%) |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        timed = (f"{r['equal_time_steps']} | {r['equal_time_train_s']:.0f} | {p(r.get('equal_time_label'))}"
+                 if "equal_time_steps" in r else f"{r['steps']} | {r['train_s']:.0f} | {p(r['label'])}")
+        out.append(f"| {r['label']} | {r['steps']} | {r['train_s']:.0f} | {p(r['label'])} | {timed} |")
+    return out + [""]
 
 
 def _fault_table(title: str, shares: dict, labels: list[str]) -> list[str]:

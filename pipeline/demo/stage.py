@@ -48,14 +48,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # What --quick changes (the tests' setting): fewer problems, smaller and shorter trainings.
 # The teacher is left as it is, so --quick and the default run share one cached teacher.
-DEFAULT_QUICK = ["world.n_prompts=300", "generate.n=2", "student.train.steps=1000", "eval.n=1"]
+DEFAULT_QUICK = ["world.n_prompts=1000", "student.train.steps=1200", "eval.n=1"]
 
 
 class WorldConfig(Section):
     """The synthetic task (see ``pipeline/demo/world.py``)."""
 
     n_teacher_train: int = Field(3000, ge=10, description="problems with programmed traces the teacher learns from")
-    n_prompts: int = Field(1000, ge=10, description="generation prompts the teacher answers for the students")
+    n_prompts: int = Field(2000, ge=10, description="generation prompts the teacher answers for the students")
     n_test: int = Field(200, ge=10, description="held-out problems (never in the training or generation prompts)")
     min_digits: int = Field(3, ge=1, description="fewest digits of an operand")
     max_digits: int = Field(3, ge=1, description="most digits of an operand")
@@ -69,7 +69,7 @@ class WorldConfig(Section):
 class TrainSettings(Section):
     steps: int = Field(1500, ge=1, description="optimizer steps")
     lr: float = Field(3e-3, gt=0, description="peak learning rate")
-    micro_batch_size: int = Field(16, ge=1, description="rows (samples, or packed rows) per step")
+    micro_batch_size: int = Field(8, ge=1, description="rows (samples, or packed rows) per step")
     max_seq_len: int = Field(320, ge=64, description="longest sample / tokens per packed row")
     packing: bool = Field(False, description="pack samples into rows (off: short samples attend cheaper padded)")
     warmup_ratio: float = Field(0.02, ge=0, lt=1, description="linear warmup share")
@@ -99,6 +99,10 @@ class StudentConfig(Section):
         default_factory=list, description="extra KD students, each a Pass@1 row at the same steps and seed: "
                                           "features (logit KD + hidden states at 2 mapped layers, from the cache), "
                                           "on_policy (GKD, lmbda 0.5, beta 0.5, live teacher)")
+    equal_time: bool = Field(True, description="with white_box: also train the logit and white-box KD students for "
+                             "the wall-clock the SFT student took (fewer steps), one more Pass@1 row each")
+    seed: int | None = Field(None, description="seed of the students' init and data order (default: the demo seed); "
+                             "vary it alone to compare students distilled from one teacher and one corpus")
 
 
 class EvalSampling(Section):
@@ -110,7 +114,7 @@ class EvalSampling(Section):
 
 
 class SamplingSettings(Section):
-    n: int = Field(3, ge=1, description="samples per prompt")
+    n: int = Field(2, ge=1, description="samples per prompt")
     temperature: float = Field(1.0, ge=0, description="sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus mass")
     max_tokens: int = Field(320, ge=8, description="most generated tokens")
@@ -118,9 +122,9 @@ class SamplingSettings(Section):
 
 
 class FaultProbeSampling(SamplingSettings):
-    """Sampling of the fault probe: like the corpus (T=1, top-p 1), one sample per held-out problem."""
+    """Sampling of the fault probe: like the corpus (T=1, top-p 1), two samples per held-out problem."""
 
-    n: int = Field(1, ge=1, description="samples per held-out problem")
+    n: int = Field(2, ge=1, description="samples per held-out problem")
 
 
 class DemoConfig(StageConfig):
@@ -186,6 +190,10 @@ class _Steps:
         self.dir = out / "state"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.timings: dict[str, float] = {}
+
+    def elapsed(self, name: str) -> float:
+        """The wall-clock seconds step ``name`` took when it ran (recorded in its marker)."""
+        return float(json.loads((self.dir / f"{name}.json").read_text())["elapsed_s"])
 
     def run(self, name: str, settings: Any, fn, folder: Path | None = None) -> Any:
         from pipeline.records import write_json_atomic
@@ -296,15 +304,24 @@ def _run(cfg: DemoConfig) -> dict[str, Any]:
     s = cfg.student
     init_dir = init_model_dir(teacher["tokenizer_dir"], out / "models" / "student_init", hidden_size=s.hidden_size,
                               num_layers=s.num_layers, num_heads=s.num_heads, intermediate_size=s.intermediate_size,
-                              max_position_embeddings=cfg.max_position_embeddings, seed=cfg.seed + 1)
+                              max_position_embeddings=cfg.max_position_embeddings, seed=_student_seed(cfg) + 1)
     unfiltered = sorted(str(p) for p in (out / "generate").glob("shard-*.jsonl"))
     students = {}
-    runs = [("sft", [str(kept)], False), ("sft_unfiltered", unfiltered, False), ("kd", [str(kept)], True)]
-    runs += [(f"kd_{kind}", [str(kept)], True) for kind in s.white_box]
-    for name, data, kd in runs:
-        train_cfg = _student_config(cfg, str(init_dir), data, out / "train" / name, teacher_dir if kd else None)
-        students[name] = steps.run(f"train_{name}", [train_cfg.model_dump(), teacher["key"]],
-                                   lambda c=train_cfg, k=kd: _train(c, k), folder=out / "train" / name)
+    # (name, data, KD kind: None = SFT, "logit", "features", "on_policy", steps)
+    runs = [("sft", [str(kept)], None, s.train.steps), ("sft_unfiltered", unfiltered, None, s.train.steps),
+            ("kd", [str(kept)], "logit", s.train.steps)]
+    runs += [(f"kd_{kind}", [str(kept)], kind, s.train.steps) for kind in s.white_box]
+
+    def train_students(todo):
+        for name, data, kind, n in todo:
+            train_cfg = _student_config(cfg, str(init_dir), data, out / "train" / name, teacher_dir if kind else None,
+                                        kind, n)
+            students[name] = steps.run(f"train_{name}", [train_cfg.model_dump(), teacher["key"]],
+                                       lambda c=train_cfg, k=kind: _train(c, k is not None), folder=out / "train" / name)
+
+    train_students(runs)
+    equal_time = _equal_time_runs(runs, steps, s.train.steps) if s.white_box and s.equal_time else []
+    train_students(equal_time)
 
     # 5. eval, fault probe, fault shares, report
     from pipeline.evaluate.stage import ModelSpec, run as eval_run
@@ -315,6 +332,8 @@ def _run(cfg: DemoConfig) -> dict[str, Any]:
                ModelSpec(model=students["sft_unfiltered"]["model_dir"], label="student SFT (unfiltered)")]
     trained += [ModelSpec(model=students[f"kd_{kind}"]["model_dir"], label=f"student KD {kind.replace('_', '-')} "
                           "(filtered)") for kind in s.white_box]
+    trained += [ModelSpec(model=students[name]["model_dir"], label=_equal_time_label(name, n))
+                for name, _, _, n in equal_time]
     models_key = [teacher["key"], {k: v.get("final_loss") for k, v in students.items()}]
     eval_cfg = _eval_config(cfg, [teacher_spec, ModelSpec(model=str(init_dir), label="student (untrained)"), *trained],
                             cfg.eval, test_path, out / "eval")
@@ -336,7 +355,8 @@ def _run(cfg: DemoConfig) -> dict[str, Any]:
     summary = R.summarize(cfg.model_dump(), teacher, filter_report, students, eval_result, faults,
                           world={"teacher_train": len(teacher_train), "prompts": len(gen_problems),
                                  "leaked": len(leaked), "test": len(test)},
-                          timings={**steps.timings, "total": round(time.perf_counter() - t_start, 1)})
+                          timings={**steps.timings, "total": round(time.perf_counter() - t_start, 1)},
+                          white_box=_white_box_rows(s, equal_time, steps))
     summary["report"] = R.write_report(summary, out)
     write_json_atomic(out / "summary.json", summary)
     print(R.console_summary(summary))
@@ -395,12 +415,54 @@ def _style_filter(cfg: DemoConfig, inputs: list[str], output: Path) -> dict:
     return _filter_run(filt)
 
 
-def _student_config(cfg: DemoConfig, init_dir: str, data: list[str], out: Path, teacher: str | None):
+def _white_box_rows(s: StudentConfig, equal_time: list, steps: _Steps) -> list[dict[str, Any]]:
+    """SFT vs logit KD vs each white-box KD student: steps, measured training seconds, their Pass@1 rows
+    (at equal steps, and at the SFT student's wall-clock); empty without ``student.white_box``."""
+    if not s.white_box:
+        return []
+    labels = {"sft": "student SFT (filtered)", "kd": "student KD (filtered)",
+              **{f"kd_{k}": f"student KD {k.replace('_', '-')} (filtered)" for k in s.white_box}}
+    timed = {name.removesuffix("_equal_time"): (name, n) for name, _, _, n in equal_time}
+    rows = []
+    for name, label in labels.items():
+        row = {"student": name, "label": label, "steps": s.train.steps, "train_s": steps.elapsed(f"train_{name}")}
+        if name in timed:
+            et, n = timed[name]
+            row.update(equal_time_label=_equal_time_label(et, n), equal_time_steps=n,
+                       equal_time_train_s=steps.elapsed(f"train_{et}"))
+        rows.append(row)
+    return rows
+
+
+def _student_seed(cfg: DemoConfig) -> int:
+    return cfg.seed if cfg.student.seed is None else cfg.student.seed
+
+
+def _equal_time_runs(runs: list, steps: _Steps, n_steps: int) -> list:
+    """The KD runs again, each with the steps that fit in the SFT student's wall-clock (its measured time x
+    ``n_steps`` / the KD run's measured time; a KD run's time includes building its teacher cache)."""
+    t_sft = steps.elapsed("train_sft")
+    out = []
+    for name, data, kind, _ in runs:
+        if kind is not None:
+            n = max(1, min(n_steps, round(n_steps * t_sft / max(steps.elapsed(f"train_{name}"), 1e-6))))
+            out.append((f"{name}_equal_time", data, kind, n))
+    return out
+
+
+def _equal_time_label(name: str, n: int) -> str:
+    kind = name.removesuffix("_equal_time").removeprefix("kd").lstrip("_").replace("_", "-")
+    return f"student KD{' ' + kind if kind else ''} (filtered, SFT's time: {n} steps)"
+
+
+def _student_config(cfg: DemoConfig, init_dir: str, data: list[str], out: Path, teacher: str | None,
+                    kind: str | None = None, steps: int | None = None):
     s = cfg.student
+    steps = steps or s.train.steps
     common = dict(model=init_dir, data=data, output_dir=str(out), max_seq_len=s.train.max_seq_len, packing=s.train.packing,
-                  micro_batch_size=s.train.micro_batch_size, grad_accum=1, max_steps=s.train.steps, lr=s.train.lr,
+                  micro_batch_size=s.train.micro_batch_size, grad_accum=1, max_steps=steps, lr=s.train.lr,
                   warmup_ratio=s.train.warmup_ratio, min_lr_ratio=0.05, adam_betas=(0.9, 0.98), dtype="fp32",
-                  seed=cfg.seed, save_every=max(50, s.train.steps // 4), keep_checkpoints=1, resume=True,
+                  seed=_student_seed(cfg), save_every=max(50, steps // 4), keep_checkpoints=1, resume=True,
                   log_every=10, progress=cfg.progress)
     if teacher is None:
         from pipeline.train.sft import SFTConfig
@@ -411,9 +473,9 @@ def _student_config(cfg: DemoConfig, init_dir: str, data: list[str], out: Path, 
     # The teacher runs once over the kept traces (`distill kd cache`: top-64 log-probs of a 400-token vocabulary
     # plus the rest bucket), not once per step: the KD student then trains as fast as the SFT one.
     extra: dict[str, Any] = {}
-    if out.name == "kd_features":
+    if kind == "features":
         extra["features"] = {"num_layers": 2, "loss": "mse", "weight": 0.1}
-    elif out.name == "kd_on_policy":  # GKD needs the live teacher: it scores the student's own samples
+    elif kind == "on_policy":  # GKD needs the live teacher: it scores the student's own samples
         extra["on_policy"] = {"lmbda": 0.5, "beta": 0.5, "max_new_tokens": s.train.max_seq_len // 2}
     return KDConfig(**common, teacher=teacher, teacher_dtype="fp32", kd_loss="forward_kl",
                     kd_alpha=s.kd_alpha, kd_temperature=s.kd_temperature, teacher_cache=str(out / "teacher_cache"),

@@ -32,7 +32,7 @@ from pipeline.records import write_json_atomic, write_text_atomic
 __all__ = ["RECIPE_VERSION", "cache_root", "teacher_key", "init_model_dir", "ensure_teacher"]
 
 log = logging.getLogger(__name__)
-RECIPE_VERSION = 3  # bump when world.py's trace program or this recipe changes what a teacher learns
+RECIPE_VERSION = 4  # bump when world.py's trace program or this recipe changes what a teacher learns
 
 
 def cache_root(cache_dir: str | None) -> Path:

@@ -43,6 +43,10 @@ _WORDINGS = {
           "A shop had {a} pens and sold {b}. How many pens are left?"),
 }
 # Inserted by the "mixed_language" fault: whole Chinese sentences (the R1 paper's language-mixing case).
+# Written three times by the "repetition" fault: >= 40 characters (the redundancy rule's line floor) in
+# words the demo tokenizer already knows, so the fault costs few tokens (a faulty trace longer than the
+# training max_seq_len would be dropped, and the teacher would never learn the fault).
+_REPEATED = "Reading the digits from left to right gives the answer to the problem."
 _CHINESE = ("我们从个位开始逐位计算。", "这一步要注意进位和借位。", "让我再检查一下计算结果。")
 
 
@@ -167,9 +171,10 @@ def faulty_trace(p: Problem, fault: str, rng: random.Random) -> str:
         lines, digits = _columns(p, wrong_column=rng.randrange(len(lines) - (1 if "last carry" in lines[-1] else 0)))
         return _assemble(p, lines, digits)
     if fault == "repetition":
-        # one paragraph of >= 40 characters pasted back once (what the redundancy rule's line test targets)
-        para = f"Let me check the {_PLACES[0]} column again: {lines[0]}"
-        return _assemble(p, lines, digits, extra_think="\n\n".join([para] * 2))
+        # one paragraph (>= 40 characters, no digits) written three times: what the redundancy rule's line
+        # test targets. Without digits a tiny teacher reproduces the copies exactly; a paragraph quoting a
+        # column came out with different digits in each copy (sampling), which is no repetition at all.
+        return _assemble(p, lines, digits, extra_think="\n\n".join([_REPEATED] * 3))
     if fault == "code_block":
         code = f"```python\nprint({p.a} {p.op} {p.b})\n```"
         return _assemble(p, lines, digits, extra_think=f"I can also check it with code:\n{code}")

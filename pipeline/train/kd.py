@@ -156,21 +156,22 @@ class KDLoss:
 
                 return rows, out
             from pipeline.train.data import next_token_targets
+            from pipeline.train.losses import IGNORE_INDEX
 
             positions, targets = next_token_targets(t_batch)
             out = self.teacher(**model_inputs(t_batch), logits_to_keep=positions,
                                output_hidden_states=self.features is not None, **self._attn_kwargs)
-            logits = out.logits[targets != -100][:, : self.vocab]
+            logits = out.logits[targets != IGNORE_INDEX][:, : self.vocab]
             return (lambda a, b: logits[a:b].to(dev)), out
 
     def __call__(self, model, batch: dict):
         from pipeline.train.data import model_inputs, next_token_targets
         from pipeline.train.loop import LossOutput
-        from pipeline.train.losses import chunked_kd_from_logits, fused_linear_kd
+        from pipeline.train.losses import IGNORE_INDEX, chunked_kd_from_logits, fused_linear_kd
         from pipeline.train.models import output_head
 
         nxt = batch["labels"][:, 1:]
-        mask = nxt != -100
+        mask = nxt != IGNORE_INDEX
         targets = nxt[mask]
         teacher, t_out = self._teacher_rows(batch, mask)
         if self.fused:
@@ -183,7 +184,7 @@ class KDLoss:
             positions, pos_targets = next_token_targets(batch)
             out = model(**model_inputs(batch), logits_to_keep=positions, output_hidden_states=self.features is not None,
                         **self._attn_kwargs)
-            rows = out.logits[pos_targets != -100][:, : self.vocab]
+            rows = out.logits[pos_targets != IGNORE_INDEX][:, : self.vocab]
             sums = chunked_kd_from_logits(rows, teacher, targets, self.spec)
         loss, parts = sums.loss_sum, {"kd": sums.kd_sum, "ce": sums.ce_sum}
         if self.features is not None:
