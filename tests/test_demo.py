@@ -22,8 +22,8 @@ def test_config_file_loads_and_quick_shrinks_it():
     assert cfg.world.n_test >= 100 and cfg.filter_preset == "configs/filter/r1.yaml"
     assert _apply_quick(cfg) is cfg  # quick off: unchanged
     quick = _apply_quick(cfg.model_copy(update={"quick": True}))
+    assert quick.eval.n < cfg.eval.n and quick.fault_probe.n < cfg.fault_probe.n
     assert quick.student.train.steps < cfg.student.train.steps
-    assert quick.world.n_prompts < cfg.world.n_prompts
     assert quick.teacher == cfg.teacher  # one cached teacher serves both settings
     assert [o.split("=")[0] for o in cfg.quick_overrides] == [o.split("=")[0] for o in DEFAULT_QUICK]
 
@@ -36,7 +36,7 @@ def test_explicit_set_wins_over_quick():
     cfg = _apply_quick(config_from_cli(args))
     assert (cfg.student.train.steps, cfg.eval.n) == (7, 3)
     quick = _apply_quick(config_from_cli(build_parser().parse_args(["demo", "--quick"])))
-    assert quick.student.train.steps != 7 and quick.world.n_prompts < load_config(DemoConfig, CONFIG).world.n_prompts
+    assert quick.eval.n == 1 and 7 < quick.student.train.steps < load_config(DemoConfig, CONFIG).student.train.steps
 
 
 def test_bad_keys_are_errors_naming_the_key(tmp_path, capsys):

@@ -48,7 +48,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # What --quick changes (the tests' setting): fewer problems, smaller and shorter trainings.
 # The teacher is left as it is, so --quick and the default run share one cached teacher.
-DEFAULT_QUICK = ["world.n_prompts=1000", "student.train.steps=1200", "eval.n=1"]
+DEFAULT_QUICK = ["student.train.steps=1100", "eval.n=1", "fault_probe.n=1"]
 
 
 class WorldConfig(Section):
