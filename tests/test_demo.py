@@ -66,10 +66,7 @@ def test_quick_demo_end_to_end(tmp_path):
     assert p1["teacher"] >= 50.0, p1
 
     reasons = summary["filter"]["rejected_by_rule"]
-    # redundancy is not required: since the redundancy rule was calibrated against false rejects (issue 14: one
-    # repeated sentence alone never counts), the demo world's short repetition fault slips through it in the
-    # --quick run (0 of 900 samples); the demo world's repetition fault must be made longer (open, see issue 11).
-    for reason in ("wrong_answer", "mixed_language", "code_block", "contaminated"):
+    for reason in ("wrong_answer", "redundancy", "mixed_language", "code_block", "contaminated"):
         assert reasons.get(reason, 0) > 0, (reason, reasons)
     out = Path(cfg.output_dir)
     test_ids = {json.loads(line)["id"] for line in (out / "data" / "test.jsonl").read_text().splitlines()}
