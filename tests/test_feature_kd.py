@@ -12,7 +12,7 @@ import yaml
 from pipeline.config import ConfigError
 from pipeline.train.feature_kd import FeatureKDConfig, FeatureTerm, plan_features
 from pipeline.train.kd import KDLoss, _feature_setup, run
-from pipeline.train.kd_cache import FeatureCache, TopKCache, build_cache
+from pipeline.train.kd_cache import FeatureCache, TopKCache
 from pipeline.train.models import load_teacher, hidden_states
 from pipeline.tiny import build_model
 from tests.test_kd import _cfg, _first_batch
@@ -20,6 +20,17 @@ from tests.test_sft import assert_same_weights, run_cli, weights
 
 FEATURES = {"num_layers": 2, "loss": "mse", "weight": 0.5, "layer_weights": [1.0, 2.0]}
 
+
+
+def _identity(width: int, maps: int):
+    """A FeatureProjector whose maps are the identity (student features pass through unchanged)."""
+    from pipeline.train.feature_losses import FeatureProjector
+
+    projector = FeatureProjector(width, width, maps)
+    with torch.no_grad():
+        for m in projector.maps:
+            m.weight.copy_(torch.eye(width))
+    return projector
 
 def test_plan_defaults_and_errors():
     f = FeatureKDConfig(num_layers=2)
@@ -77,13 +88,7 @@ def test_zero_when_the_student_is_the_teacher(tmp_path, tiny_model_dir, tiny_tea
     acc, tok, corpus, batch, _ = _first_batch(cfg)
     teacher, _ = load_teacher(cfg, torch.device("cpu"))
     plan = plan_features(cfg.features, (3, 192), (3, 192))
-    from pipeline.train.feature_losses import FeatureProjector
-
-    projector = FeatureProjector(192, 192, 2)
-    with torch.no_grad():
-        for m in projector.maps:
-            m.weight.copy_(torch.eye(192))
-    out = KDLoss(cfg, acc, tok, corpus, teacher=teacher, features=FeatureTerm(cfg.features, plan, projector))(
+    out = KDLoss(cfg, acc, tok, corpus, teacher=teacher, features=FeatureTerm(cfg.features, plan, _identity(192, 2)))(
         teacher, batch)
     assert abs(out.parts["feat"].item()) < 1e-6 and abs(out.parts["kd"].item()) < 1e-4
 
@@ -211,13 +216,7 @@ def test_attention_term_masks_gradients_and_zero_at_match(tmp_path, tiny_model_d
     assert all(layer.self_attn.q_proj.weight.grad.abs().sum() > 0 for layer in student.model.layers)
     # the teacher as its own student: KD, features and attention all ~0 through KDLoss
     same = plan_features(cfg.features, (3, 192), (3, 192), heads=(8, 8))
-    from pipeline.train.feature_losses import FeatureProjector
-
-    eye = FeatureProjector(192, 192, 2)
-    with torch.no_grad():
-        for m in eye.maps:
-            m.weight.copy_(torch.eye(192))
-    out = KDLoss(cfg, acc, tok, corpus, teacher=teacher, features=FeatureTerm(cfg.features, same, eye))(
+    out = KDLoss(cfg, acc, tok, corpus, teacher=teacher, features=FeatureTerm(cfg.features, same, _identity(192, 2)))(
         teacher, batch)
     assert abs(out.parts["attn"].item()) < 1e-5 and abs(out.parts["feat"].item()) < 1e-5
 
