@@ -41,6 +41,13 @@ def test_estimate_parts(tmp_path, tiny_model_dir, tiny_teacher_dir):
     assert estimate(cfg, s, None, "cpu").teacher_weights == 0  # top-k cache: teacher never loaded
     lora = estimate(cfg.model_copy(update={"lora": LoraConfig(r=4, target_modules=["q_proj"])}), s, t, "cpu")
     assert lora.grads_and_optimizer == 12 * 2 * 4 * (128 + 128)
+    # attention alignment: eager maps, 2 per student layer (kept for backward), 1 per teacher layer
+    from pipeline.train.feature_kd import FeatureKDConfig
+
+    attn = cfg.model_copy(update={"features": FeatureKDConfig(attention_weight=1.0)})
+    maps = 2 * 64 * 64
+    assert estimate(attn, s, t, "cpu").activations - est.activations == (2 * 2 * s.heads + 3 * t.heads) * maps * 4
+    assert estimate(cfg.model_copy(update={"features": FeatureKDConfig()}), s, t, "cpu").activations == est.activations
 
 
 def test_stops_with_one_line_suggestion(tmp_path, tiny_model_dir, tiny_teacher_dir):

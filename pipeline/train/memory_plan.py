@@ -13,6 +13,9 @@ From each model's ``config.json`` (parameters counted exactly by building the mo
   with ``gradient_checkpointing`` only each layer's input plus one layer's full set;
 * every layer's hidden states of both models (``output_hidden_states``, the feature and fused
   KD paths read them): ``(layers + 1) x n x H``;
+* attention maps when ``features.attention_weight > 0`` (eager attention, ``output_attentions``):
+  per student layer ``seqs x heads x T^2`` scores and probabilities kept for backward (2 maps at the
+  compute width), per teacher layer one map (every layer's is returned at once);
 * the chunked KD loss: ``kd_chunk_size x vocab x 4 B x 4`` (student and teacher logits, their
   softmaxes, fp32).
 
@@ -43,6 +46,7 @@ class ModelFacts:
     kv_width: int
     intermediate: int
     vocab: int
+    heads: int = 1
 
 
 def model_facts(path: str) -> ModelFacts:
@@ -63,7 +67,8 @@ def model_facts(path: str) -> ModelFacts:
     kv = getattr(conf, "num_key_value_heads", None) or heads
     return ModelFacts(params=sum(p.numel() for p in model.parameters()), layers=conf.num_hidden_layers,
                       hidden=conf.hidden_size, kv_width=kv * head_dim,
-                      intermediate=getattr(conf, "intermediate_size", 4 * conf.hidden_size), vocab=conf.vocab_size)
+                      intermediate=getattr(conf, "intermediate_size", 4 * conf.hidden_size), vocab=conf.vocab_size,
+                      heads=heads)
 
 
 @dataclass(frozen=True)
@@ -114,10 +119,14 @@ def estimate(cfg: Any, student: ModelFacts, teacher: ModelFacts | None, device: 
     t_bytes = 0
     chunk = min(getattr(cfg, "kd_chunk_size", cfg.loss_chunk_tokens), tokens)
     loss = chunk * s.vocab * 4 * 4
+    features = getattr(cfg, "features", None)
+    maps = cfg.micro_batch_size * cfg.max_seq_len ** 2 if features is not None and features.attention_weight > 0 else 0
+    acts += 2 * s.layers * s.heads * maps * width
     if teacher is not None:
         t_width = {"bf16": 2, "fp16": 2, "fp32": 4}.get(cfg.teacher_dtype, 2 if gpu else 4)
         t_bytes = teacher.params * t_width
         acts += (teacher.layers + 1) * tokens * teacher.hidden * t_width
+        acts += teacher.layers * teacher.heads * maps * t_width
     trainable = _trainable(cfg, s)
     return MemoryEstimate(student_weights=4 * s.params, grads_and_optimizer=12 * trainable, teacher_weights=t_bytes,
                           activations=acts, loss=loss)
