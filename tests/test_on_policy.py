@@ -101,6 +101,23 @@ def test_demo_equal_time_students_get_the_steps_that_fit_in_sft_time(tmp_path):
     assert _equal_time_label("kd_features_equal_time", 160) == "student KD features (filtered, SFT's time: 160 steps)"
     assert _equal_time_label("kd_equal_time", 600) == "student KD (filtered, SFT's time: 600 steps)"
 
+    # the report's table: one row per student, Pass@1 at equal steps and at SFT's time
+    from pipeline.demo.report import _white_box_table
+    from pipeline.demo.stage import DemoConfig, _white_box_rows
+
+    for name, secs in (("kd_equal_time", 59.0), ("kd_features_equal_time", 61.0), ("kd_on_policy_equal_time", 31.0)):
+        (steps.dir / f"train_{name}.json").write_text(json.dumps({"hash": "h", "result": {}, "elapsed_s": secs}))
+    student = DemoConfig.model_validate({"student": {"white_box": ["features", "on_policy"], "train": {"steps": 800}}})
+    rows = _white_box_rows(student.student, got, steps)
+    assert [r["student"] for r in rows] == ["sft", "kd", "kd_features", "kd_on_policy"]
+    assert rows[2]["equal_time_steps"] == 160 and rows[2]["train_s"] == 300.0 and "equal_time_steps" not in rows[0]
+    pass1 = {r["label"]: {"pass@1": 10.0 * i} for i, r in enumerate(rows)}
+    pass1[rows[2]["equal_time_label"]] = {"pass@1": 55.5}
+    table = "\n".join(_white_box_table(rows, pass1))
+    assert "| student KD features (filtered) | 800 | 300 | 20.0 | 160 | 61 | 55.5 |" in table
+    assert "| student SFT (filtered) | 800 | 60 | 0.0 | 800 | 60 | 0.0 |" in table
+    assert not _white_box_table([], pass1) and not _white_box_rows(DemoConfig().student, [], steps)
+
 
 def test_sampling_under_the_varlen_training_attention_ignores_pads(tmp_path, tiny_model_dir, tiny_teacher_dir):
     """Packed GPU training loads the student with the varlen attention (no padding mask); its

@@ -32,6 +32,7 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -240,18 +241,47 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
 
 def _run(cfg: DemoConfig) -> dict[str, Any]:
     from pipeline.demo import report as R
-    from pipeline.demo.teacher import ensure_teacher, init_model_dir
-    from pipeline.demo.world import make_splits, write_prompts
-    from pipeline.records import read_jsonl, write_json_atomic
+    from pipeline.demo.teacher import ensure_teacher
+    from pipeline.records import write_json_atomic
 
     cfg = _apply_quick(cfg)
     t_start = time.perf_counter()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     steps = _Steps(out)
-    w = cfg.world
+    world = _world(cfg, out)
+    t = time.perf_counter()
+    teacher = ensure_teacher(cfg, world.teacher_train)
+    steps.timings["teacher"] = 0.0 if teacher["cached"] else round(time.perf_counter() - t, 1)
+    filter_report, kept = _corpus(cfg, out, steps, teacher, world)
+    students, init_dir, equal_time = _students(cfg, out, steps, teacher, kept)
+    eval_result, faults = _score(cfg, out, steps, teacher, students, init_dir, equal_time, world.test_path)
+    summary = R.summarize(cfg.model_dump(), teacher, filter_report, students, eval_result, faults,
+                          world={"teacher_train": len(world.teacher_train), "prompts": len(world.gen_problems),
+                                 "leaked": len(world.leaked), "test": len(world.test)},
+                          timings={**steps.timings, "total": round(time.perf_counter() - t_start, 1)},
+                          white_box=_white_box_rows(cfg.student, equal_time, steps))
+    summary["report"] = R.write_report(summary, out)
+    write_json_atomic(out / "summary.json", summary)
+    print(R.console_summary(summary))
+    return summary
 
-    # 1. world
+
+@dataclass(frozen=True)
+class _World:
+    teacher_train: list
+    gen_problems: list
+    leaked: list
+    test: list
+    test_path: Path
+    prompts_path: Path
+
+
+def _world(cfg: DemoConfig, out: Path) -> _World:
+    """Step 1: the splits (teacher training, generation prompts + leaked test problems, held-out test), written."""
+    from pipeline.demo.world import make_splits, write_prompts
+
+    w = cfg.world
     train, test = make_splits(w.n_teacher_train + w.n_prompts, w.n_test, seed=cfg.seed, min_digits=w.min_digits,
                               max_digits=w.max_digits, ops=w.ops)
     teacher_train, gen_problems = train[:w.n_teacher_train], train[w.n_teacher_train:]
@@ -261,22 +291,20 @@ def _run(cfg: DemoConfig) -> dict[str, Any]:
     prompts_path = write_prompts(gen_problems + leaked, data_dir / "prompts.jsonl")
     log.info("demo world: %d teacher-training problems, %d generation prompts (+%d leaked test problems), "
              "%d held-out test problems", len(teacher_train), len(gen_problems), len(leaked), len(test))
+    return _World(teacher_train, gen_problems, leaked, test, test_path, prompts_path)
 
-    # 2. teacher (cached)
-    t = time.perf_counter()
-    teacher = ensure_teacher(cfg, teacher_train)
-    steps.timings["teacher"] = 0.0 if teacher["cached"] else round(time.perf_counter() - t, 1)
-    teacher_dir = teacher["model_dir"]
 
-    # 3. generate + filter
+def _corpus(cfg: DemoConfig, out: Path, steps: _Steps, teacher: dict, world: _World) -> tuple[dict, Path]:
+    """Step 3: the teacher's samples (``generate``) and the R1 filter over them; ``(filter report, kept.jsonl)``."""
     from pipeline.generate.config import GenerateConfig, SamplingConfig, TransformersConfig
     from pipeline.generate.stage import run as generate_run
     from pipeline.prompts import PromptSourceConfig
+    from pipeline.records import read_jsonl
 
     g = cfg.generate
     gen_cfg = GenerateConfig(
-        model=teacher_dir, backend="transformers",
-        input=PromptSourceConfig(path=str(prompts_path), problem_column="problem", answer_column="answer",
+        model=teacher["model_dir"], backend="transformers",
+        input=PromptSourceConfig(path=str(world.prompts_path), problem_column="problem", answer_column="answer",
                                  id_column="id", require_answer=True),
         force_think=True,
         sampling=SamplingConfig(n=g.n, temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens,
@@ -287,7 +315,7 @@ def _run(cfg: DemoConfig) -> dict[str, Any]:
               folder=out / "generate")
 
     filt_cfg = _filter_config(cfg, inputs=[str(out / "generate")], output=out / "filter",
-                              benchmarks=[str(test_path.resolve())])
+                              benchmarks=[str(world.test_path.resolve())])
     filter_report = steps.run("filter", [filt_cfg.model_dump(), teacher["key"]],
                               lambda: _jsonable(_filter_run(filt_cfg)), folder=out / "filter")
     kept = out / "filter" / "kept.jsonl"
@@ -295,18 +323,23 @@ def _run(cfg: DemoConfig) -> dict[str, Any]:
     if not kept_rows:
         raise RuntimeError(f"{kept}: the filter kept none of the teacher's {filter_report['totals']['input']} samples "
                            "(see filter/report.md); the teacher needs more training (teacher.train.steps)")
-    kept_prompts = {r.get("prompt_id") for r in kept_rows}
-    leaked_kept = sorted(kept_prompts & {p.id for p in test})
+    leaked_kept = sorted({r.get("prompt_id") for r in kept_rows} & {p.id for p in world.test})
     if leaked_kept:
         raise RuntimeError(f"{kept}: held-out problems survived decontamination: {leaked_kept[:5]}")
+    return filter_report, kept
 
-    # 4. students
+
+def _students(cfg: DemoConfig, out: Path, steps: _Steps, teacher: dict, kept: Path) -> tuple[dict, Path, list]:
+    """Step 4: the students from one random init: SFT (filtered, unfiltered), logit KD, the white-box KD
+    students, then (``equal_time``) the KD students again at the SFT student's wall-clock."""
+    from pipeline.demo.teacher import init_model_dir
+
     s = cfg.student
     init_dir = init_model_dir(teacher["tokenizer_dir"], out / "models" / "student_init", hidden_size=s.hidden_size,
                               num_layers=s.num_layers, num_heads=s.num_heads, intermediate_size=s.intermediate_size,
                               max_position_embeddings=cfg.max_position_embeddings, seed=_student_seed(cfg) + 1)
     unfiltered = sorted(str(p) for p in (out / "generate").glob("shard-*.jsonl"))
-    students = {}
+    students: dict[str, Any] = {}
     # (name, data, KD kind: None = SFT, "logit", "features", "on_policy", steps)
     runs = [("sft", [str(kept)], None, s.train.steps), ("sft_unfiltered", unfiltered, None, s.train.steps),
             ("kd", [str(kept)], "logit", s.train.steps)]
@@ -314,19 +347,25 @@ def _run(cfg: DemoConfig) -> dict[str, Any]:
 
     def train_students(todo):
         for name, data, kind, n in todo:
-            train_cfg = _student_config(cfg, str(init_dir), data, out / "train" / name, teacher_dir if kind else None,
-                                        kind, n)
+            train_cfg = _student_config(cfg, str(init_dir), data, out / "train" / name,
+                                        teacher["model_dir"] if kind else None, kind, n)
             students[name] = steps.run(f"train_{name}", [train_cfg.model_dump(), teacher["key"]],
                                        lambda c=train_cfg, k=kind: _train(c, k is not None), folder=out / "train" / name)
 
     train_students(runs)
     equal_time = _equal_time_runs(runs, steps, s.train.steps) if s.white_box and s.equal_time else []
     train_students(equal_time)
+    return students, init_dir, equal_time
 
-    # 5. eval, fault probe, fault shares, report
+
+def _score(cfg: DemoConfig, out: Path, steps: _Steps, teacher: dict, students: dict, init_dir: Path,
+           equal_time: list, test_path: Path) -> tuple[dict, dict]:
+    """Step 5: eval (R1 sampling) of every model, the fault probe (T=1), and the style rules' fault shares."""
+    from pipeline.demo import report as R
     from pipeline.evaluate.stage import ModelSpec, run as eval_run
 
-    teacher_spec = ModelSpec(model=teacher_dir, label="teacher")
+    s = cfg.student
+    teacher_spec = ModelSpec(model=teacher["model_dir"], label="teacher")
     trained = [ModelSpec(model=students["sft"]["model_dir"], label="student SFT (filtered)"),
                ModelSpec(model=students["kd"]["model_dir"], label="student KD (filtered)"),
                ModelSpec(model=students["sft_unfiltered"]["model_dir"], label="student SFT (unfiltered)")]
@@ -351,16 +390,7 @@ def _run(cfg: DemoConfig) -> dict[str, Any]:
                                 "probe": R.fault_shares(probe_result, lambda i, o: _style_filter(cfg, i, o),
                                                         out / "faults" / "probe")},
                        folder=out / "faults")
-
-    summary = R.summarize(cfg.model_dump(), teacher, filter_report, students, eval_result, faults,
-                          world={"teacher_train": len(teacher_train), "prompts": len(gen_problems),
-                                 "leaked": len(leaked), "test": len(test)},
-                          timings={**steps.timings, "total": round(time.perf_counter() - t_start, 1)},
-                          white_box=_white_box_rows(s, equal_time, steps))
-    summary["report"] = R.write_report(summary, out)
-    write_json_atomic(out / "summary.json", summary)
-    print(R.console_summary(summary))
-    return summary
+    return eval_result, faults
 
 
 def _eval_config(cfg: DemoConfig, models: list, sampling: SamplingSettings | EvalSampling, test_path: Path,
@@ -478,7 +508,8 @@ def _student_config(cfg: DemoConfig, init_dir: str, data: list[str], out: Path, 
     elif kind == "on_policy":  # GKD needs the live teacher: it scores the student's own samples
         extra["on_policy"] = {"lmbda": 0.5, "beta": 0.5, "max_new_tokens": s.train.max_seq_len // 2}
     return KDConfig(**common, teacher=teacher, teacher_dtype="fp32", kd_loss="forward_kl",
-                    kd_alpha=s.kd_alpha, kd_temperature=s.kd_temperature, teacher_cache=str(out / "teacher_cache"),
+                    kd_alpha=s.kd_alpha, kd_temperature=s.kd_temperature,
+                    teacher_cache=None if kind == "on_policy" else str(out / "teacher_cache"),
                     cache=TopKCacheConfig(k=64, logprob_dtype="float32", batch_size=32), **extra)
 
 
