@@ -80,7 +80,8 @@ def test_quick_demo_end_to_end(tmp_path):
     # trained on unfiltered traces repeats the teacher's faults more often than the one trained on kept traces
     probe = summary["faults"]["probe"]
     assert set(probe) == {"teacher", "student SFT (filtered)", "student KD (filtered)", "student SFT (unfiltered)"}
-    assert all(row["responses"] == summary["world"]["test"] * cfg.fault_probe.n for row in probe.values())
+    n_probe = _apply_quick(cfg).fault_probe.n  # --quick draws one probe sample per problem
+    assert all(row["responses"] == summary["world"]["test"] * n_probe for row in probe.values())
     assert probe["student SFT (unfiltered)"]["any"] > probe["student SFT (filtered)"]["any"], probe
     assert set(summary["faults"]["eval"]) == set(summary["pass1"])
 
