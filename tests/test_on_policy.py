@@ -31,6 +31,20 @@ def test_lambda_draw_is_seeded_and_has_the_right_rate():
     assert 0.26 < rate < 0.34
     assert not any(is_on_policy(0, k, 0.0) for k in keys) and all(is_on_policy(0, k, 1.0) for k in keys)
     assert [is_on_policy(5, k, 0.5) for k in keys[:50]] == [is_on_policy(5, k, 0.5) for k in keys[:50]]
+    # start_step: off-policy before it, the same draw from it on
+    assert not any(is_on_policy(0, k, 1.0, step=9, start_step=10) for k in keys)
+    assert [is_on_policy(0, k, 0.3, step=10, start_step=10) for k in keys] == [is_on_policy(0, k, 0.3) for k in keys]
+
+
+def test_gkd_start_step_trains_off_policy_first(tmp_path, tiny_model_dir, tiny_teacher_dir):
+    """Steps before ``start_step`` train on the data with the KD loss (kd + ce logged, no gkd); from
+    ``start_step`` on, with lmbda 1, every step trains on the student's own samples."""
+    run(_cfg(tmp_path, tiny_model_dir, tiny_teacher_dir, output_dir=str(tmp_path / "w"), max_steps=5, dtype="fp32",
+             on_policy={"lmbda": 1.0, "max_new_tokens": 8, "start_step": 3}))
+    rows = metrics(tmp_path / "w")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert all("kd" in r and "ce" in r and "gkd" not in r for r in rows[:3]), rows[:3]
+    assert all("gkd" in r and "kd" not in r for r in rows[3:]), rows[3:]
 
 
 def test_samples_are_the_students_own(tmp_path, tiny_model_dir, tiny_teacher_dir):
@@ -77,6 +91,8 @@ def test_demo_white_box_rows_configure_feature_and_on_policy_students(tmp_path):
     assert made["kd"].features is None and made["kd"].on_policy is None
     assert made["kd_features"].features.num_layers == 2 and made["kd_features"].on_policy is None
     assert made["kd_on_policy"].on_policy.lmbda == 0.5 and made["kd_on_policy"].features is None
+    # GKD starts from a student that writes the format: the first half of its steps are off-policy
+    assert made["kd_on_policy"].on_policy.start_step == cfg.student.train.steps // 2
     assert {c.seed for c in made.values()} == {cfg.seed} and len({c.max_steps for c in made.values()}) == 1
     reseeded = DemoConfig.model_validate({"student": {"seed": 7}})
     assert _student_config(reseeded, "init", ["k"], tmp_path / "s", None).seed == 7

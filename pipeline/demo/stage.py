@@ -99,7 +99,8 @@ class StudentConfig(Section):
     white_box: list[Literal["features", "on_policy"]] = Field(
         default_factory=list, description="extra KD students, each a Pass@1 row at the same steps and seed: "
                                           "features (logit KD + hidden states at 2 mapped layers, from the cache), "
-                                          "on_policy (GKD, lmbda 0.5, beta 0.5, live teacher)")
+                                          "on_policy (GKD, lmbda 0.5, beta 0.5, live teacher, "
+                                          "off-policy for the first half of the steps)")
     equal_time: bool = Field(True, description="with white_box: also train the logit and white-box KD students for "
                              "the wall-clock the SFT student took (fewer steps), one more Pass@1 row each")
     seed: int | None = Field(None, description="seed of the students' init and data order (default: the demo seed); "
@@ -505,8 +506,11 @@ def _student_config(cfg: DemoConfig, init_dir: str, data: list[str], out: Path, 
     extra: dict[str, Any] = {}
     if kind == "features":
         extra["features"] = {"num_layers": 2, "loss": "mse", "weight": 0.1}
-    elif kind == "on_policy":  # GKD needs the live teacher: it scores the student's own samples
-        extra["on_policy"] = {"lmbda": 0.5, "beta": 0.5, "max_new_tokens": s.train.max_seq_len // 2}
+    elif kind == "on_policy":  # GKD needs the live teacher: it scores the student's own samples. GKD starts from
+        # an SFT'd student: from random weights the first half of the steps trains off-policy (measured: with no
+        # warm-up the student spends half its steps on its own noise and scores 0% in three seeds)
+        extra["on_policy"] = {"lmbda": 0.5, "beta": 0.5, "max_new_tokens": s.train.max_seq_len // 2,
+                              "start_step": steps // 2}
     return KDConfig(**common, teacher=teacher, teacher_dtype="fp32", kd_loss="forward_kl",
                     kd_alpha=s.kd_alpha, kd_temperature=s.kd_temperature,
                     teacher_cache=None if kind == "on_policy" else str(out / "teacher_cache"),

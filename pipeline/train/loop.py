@@ -17,7 +17,8 @@ the schedule, checkpoints, resume, logs and the final ``save_pretrained``.
   ``labels[:, t + 1]``; -100 = not trained), ``position_ids`` [B, T] (restart at 0 for every
   packed sample), ``attention_mask`` (only in padded, non-packed batches), ``num_tokens`` (int:
   ``(labels[:, 1:] != -100).sum()``), ``sample_keys`` / ``sample_spans`` (per row: the samples'
-  keys and ``(start, length)`` spans, for caches keyed by sample). Forward the model with
+  keys and ``(start, length)`` spans, for caches keyed by sample), ``step`` (int: the 0-based
+  optimizer step this micro-batch belongs to, for losses on a schedule). Forward the model with
   ``**data.model_inputs(batch)``; ``data.next_token_targets(batch)`` gives the positions and
   targets of trained tokens (use ``logits_to_keep=positions`` to skip prompt logits).
 * ``LossOutput.loss_sum`` is the SUM (not the mean) of the per-token loss over exactly the
@@ -518,7 +519,7 @@ def _train_step(run: _Run, step: int, check_tokens: bool) -> _Step:
     for mb in mine:
         batch = D.to_device(D.collate(run.corpus, mb, pad_id=run.tokenizer.pad_token_id, packing=cfg.packing),
                             acc.device)
-        batch["varlen"] = varlen
+        batch["varlen"], batch["step"] = varlen, step
         with acc.accumulate(model):
             with acc.autocast():
                 out = run.loss_fn(model, batch)

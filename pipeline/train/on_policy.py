@@ -1,6 +1,9 @@
 """On-policy distillation (GKD, Agarwal et al. 2024) for ``distill kd``: the ``on_policy:`` block.
 
-A micro-batch is on-policy with probability ``lmbda`` (GKD's lambda). Then the student itself
+From optimizer step ``start_step`` on, a micro-batch is on-policy with probability ``lmbda``
+(GKD's lambda); earlier steps all train off-policy, so a student that cannot yet write the
+format (a random or base model) is not trained on its own noise: GKD itself starts from an SFT'd
+student, and ``start_step`` is that warm-up inside one run. When on-policy, the student itself
 completes the batch's prompts (each sample's tokens before its first trained token) with the
 generate stage's sampler (:func:`pipeline.generate.backends.decode.sample_batch`), the teacher
 scores those sequences, and the loss is the generalized JSD(``beta``) over the student's own
@@ -38,6 +41,8 @@ class OnPolicyConfig(Section):
     max_new_tokens: int = Field(256, gt=0, description="longest completion the student samples")
     temperature: float = Field(1.0, ge=0.0, description="sampling temperature (0 = greedy)")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
+    start_step: int = Field(0, ge=0, description="optimizer steps trained off-policy before the student first "
+                                                 "samples (a warm-up for a student that cannot write the format yet)")
 
 
 def _unit(seed: int, keys: list[str], salt: str) -> int:
@@ -45,9 +50,10 @@ def _unit(seed: int, keys: list[str], salt: str) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-def is_on_policy(seed: int, keys: list[str], lmbda: float) -> bool:
-    """Whether the micro-batch of ``keys`` is on-policy: a seeded uniform draw below ``lmbda``."""
-    return _unit(seed, keys, "on-policy") / 2 ** 64 < lmbda
+def is_on_policy(seed: int, keys: list[str], lmbda: float, step: int = 0, start_step: int = 0) -> bool:
+    """Whether the micro-batch of ``keys`` at optimizer step ``step`` is on-policy: never before
+    ``start_step``, then a seeded uniform draw below ``lmbda``."""
+    return step >= start_step and _unit(seed, keys, "on-policy") / 2 ** 64 < lmbda
 
 
 def batch_prompts(batch: dict) -> list[list[int]]:
@@ -128,7 +134,7 @@ class OnPolicyLoss:
 
         keys = [k for row in batch["sample_keys"] for k in row]
         opc = self.cfg.on_policy
-        if not is_on_policy(self.cfg.seed, keys, opc.lmbda):
+        if not is_on_policy(self.cfg.seed, keys, opc.lmbda, int(batch.get("step", 0)), opc.start_step):
             return self.off(model, batch)
         gen = torch.Generator(device=batch["input_ids"].device).manual_seed(_unit(self.cfg.seed, keys, "sample") >> 1)
         prompts = batch_prompts(batch)
