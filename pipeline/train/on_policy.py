@@ -134,7 +134,7 @@ class OnPolicyLoss:
 
         keys = [k for row in batch["sample_keys"] for k in row]
         opc = self.cfg.on_policy
-        if not is_on_policy(self.cfg.seed, keys, opc.lmbda, int(batch.get("step", 0)), opc.start_step):
+        if not is_on_policy(self.cfg.seed, keys, opc.lmbda, batch["step"], opc.start_step):
             return self.off(model, batch)
         gen = torch.Generator(device=batch["input_ids"].device).manual_seed(_unit(self.cfg.seed, keys, "sample") >> 1)
         prompts = batch_prompts(batch)
